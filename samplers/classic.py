@@ -1,0 +1,1 @@
+"""Euler, Euler Ancestral, Heun, HeunPP2, LMS, DPM_2 (+ Ancestral), DDIM, LCM."""

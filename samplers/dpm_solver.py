@@ -1,0 +1,1 @@
+"""DPM-Solver (Lu et al. 2206.00927): DPM-Fast and DPM-Adaptive."""

@@ -1,0 +1,62 @@
+"""The one registry of samplers.
+
+Every sampler function registers itself here with its metadata; nodes, docs, tests and benchmarks
+read `REGISTRY` and keep no list of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tunable argument of a sampler, shown as a widget on its node."""
+
+    name: str
+    default: float | int | bool | str
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    tooltip: str = ""
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    id: str  # our id; equal to ComfyUI core's id where core has the sampler
+    name: str  # the source document's name, e.g. "DPM++ 2M SDE"
+    fn: Callable
+    order: int  # convergence order of the deterministic part (1 for ancestral Euler, ...)
+    calls_per_step: int | str  # model evaluations per step; a string where it varies ("adaptive")
+    stochastic: bool
+    discard_penultimate_sigma: bool = False
+    options: tuple[Option, ...] = ()
+    core_id: str | None = None  # ComfyUI core sampler with the same maths, for parity tests
+    reference: str = ""  # implementation read for the algorithm (repo/file::function)
+    paper: str = ""  # arXiv id and algorithm/equation
+    description: str = ""  # what the source document says of it (translated)
+    fixed_options: dict = field(default_factory=dict)  # options this entry pins, e.g. solver_type
+
+    def defaults(self) -> dict:
+        return {o.name: o.default for o in self.options}
+
+
+REGISTRY: dict[str, SamplerInfo] = {}
+
+
+def register(**meta) -> Callable[[Callable], Callable]:
+    """Decorator: `@register(id="euler", name="Euler", order=1, ...)` above a sampler function.
+
+    Several entries may share one function (e.g. DPM++ 2M SDE midpoint/heun, the GPU variants),
+    distinguished by `fixed_options`; stack the decorator for those.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        info = SamplerInfo(fn=fn, **meta)
+        if info.id in REGISTRY:
+            raise ValueError(f"sampler id {info.id!r} registered twice")
+        REGISTRY[info.id] = info
+        return fn
+
+    return wrap

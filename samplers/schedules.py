@@ -1,0 +1,1 @@
+"""Sigma schedules: pure functions returning descending sigmas that end in 0."""

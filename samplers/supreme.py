@@ -1,0 +1,1 @@
+"""Supreme, the configurable ancestral integrator of ComfyUI-Extra-Samplers."""

@@ -1,0 +1,1 @@
+"""Shared test tools: exact references (Gaussian data), host loading, server client."""

@@ -1,0 +1,1 @@
+"""AutoencoderKL (the SD VAE) with LDM module names, tiled encode/decode; pure torch."""
