@@ -22,3 +22,17 @@ def default_noise_sampler(x: torch.Tensor, seed: int | None = None):
         return torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
 
     return sample
+
+
+# Noise types of the ComfyUI-Extra-Samplers pack, offered by samplers that take `noise_type`.
+NOISE_TYPES = ("gaussian", "uniform", "brownian", "pyramid", "highres-pyramid", "perlin", "laplacian")
+
+
+def make_noise_sampler(kind: str, x: torch.Tensor, seed: int | None, sigma_min: float, sigma_max: float, cpu: bool = True):
+    """The noise sampler of type `kind` for x, seeded; `sigma_min/max` bound a Brownian tree.
+
+    `cpu=True` keeps a Brownian tree on the CPU (core's default); False draws it on x's device.
+    """
+    if kind == "gaussian":
+        return default_noise_sampler(x, seed)
+    raise NotImplementedError(f"noise type {kind!r}")
