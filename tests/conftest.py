@@ -40,7 +40,7 @@ def comfy():
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real ComfyUI server with the pack loaded, for the whole run."""
-    from support.client import ComfyServer
+    from comfy_server import ComfyServer
 
     srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"))
     yield srv

@@ -1,0 +1,73 @@
+"""One SAMPLER node per registered sampler, plus one selector over all of them.
+
+Each outputs a standard `comfy.samplers.KSAMPLER`, so core SamplerCustom / SamplerCustomAdvanced
+(and the pack's own denoise node) take it with any model.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import comfy.samplers
+
+from ..samplers import REGISTRY, SamplerInfo
+from .common import CATEGORY, PREFIX, widget
+
+
+def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
+    from ..samplers.runner import run_sampler
+
+    return comfy.samplers.KSAMPLER(partial(run_sampler, info.id), extra_options=dict(options))
+
+
+def describe(info: SamplerInfo) -> str:
+    facts = f"order {info.order}, {info.calls_per_step} model call(s) per step, {'stochastic' if info.stochastic else 'deterministic'}"
+    source = "; ".join(s for s in (info.paper, info.reference) if s)
+    return f"{info.name}: {info.description} ({facts}). {source}".strip()
+
+
+def sampler_node(info: SamplerInfo) -> type:
+    shown = [o for o in info.options if o.name not in info.fixed_options]
+
+    class SamplerNode:
+        DESCRIPTION = describe(info)
+        CATEGORY = f"{CATEGORY}/samplers"
+        RETURN_TYPES = ("SAMPLER",)
+        OUTPUT_TOOLTIPS = (f"{info.name}, for SamplerCustom / SamplerCustomAdvanced or the pack's U-Net Denoise.",)
+        FUNCTION = "get_sampler"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {o.name: widget(o) for o in shown}}
+
+        def get_sampler(self, **options):
+            return (make_ksampler(info, options),)
+
+    SamplerNode.__name__ = SamplerNode.__qualname__ = f"{PREFIX}Sampler_{info.id}"
+    return SamplerNode
+
+
+class SamplerSelect:
+    """Any sampler of the pack by name, with its default options."""
+
+    DESCRIPTION = "Pick any sampler of the source document by name; its options take their defaults (use the sampler's own node to tune them)."
+    CATEGORY = f"{CATEGORY}/samplers"
+    RETURN_TYPES = ("SAMPLER",)
+    FUNCTION = "get_sampler"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        lines = [f"{info.id}: {info.name}: {info.description}" for info in REGISTRY.values()]
+        tooltip = "\n".join(["The sampler, by id; what the source document says of each:", *lines])
+        return {"required": {"sampler": (list(REGISTRY), {"tooltip": tooltip})}}
+
+    def get_sampler(self, sampler):
+        if sampler not in REGISTRY:
+            raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(REGISTRY)}")
+        return (make_ksampler(REGISTRY[sampler], {}),)
+
+
+NODE_CLASS_MAPPINGS = {f"{PREFIX}SamplerSelect": SamplerSelect}
+NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}SamplerSelect": "Sampler Select (Diffusion Anatomy)"}
+for _info in REGISTRY.values():
+    NODE_CLASS_MAPPINGS[f"{PREFIX}Sampler_{_info.id}"] = sampler_node(_info)
+    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Sampler_{_info.id}"] = _info.name

@@ -1,0 +1,66 @@
+"""The pack loads in a real ComfyUI server: nodes listed, web files served, a graph runs over HTTP."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import PACK_FOLDER, ComfyError
+
+pytestmark = pytest.mark.server
+
+
+def pack_nodes(object_info: dict) -> dict:
+    return {k: v for k, v in object_info.items() if k.startswith("DiffusionAnatomy")}
+
+
+def test_every_pack_node_is_listed_with_description_and_category(server):
+
+    ours = pack_nodes(server.get("/object_info"))
+    assert "DiffusionAnatomyPlotSigmas" in ours and "DiffusionAnatomySamplerSelect" in ours
+    for node_id, info in ours.items():
+        assert info["python_module"].startswith("custom_nodes."), node_id
+        assert info["category"].split("/")[0] == "Diffusion Anatomy", node_id
+        assert len(info["description"]) > 20, node_id
+        for name, spec in {**info["input"].get("required", {}), **info["input"].get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_web_extension_is_served(server):
+    listed = server.get("/extensions")
+    path = f"/extensions/{PACK_FOLDER}/diffusion_anatomy.js"
+    assert path in listed
+    js = server.get(path)
+    assert b"registerExtension" in js
+
+
+def test_sigma_plot_graph_runs_over_http(server):
+    steps = 9
+    graph = {
+        "1": {"class_type": "KarrasScheduler", "inputs": {"steps": steps, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0}},
+        "2": {"class_type": "DiffusionAnatomyPlotSigmas", "inputs": {"sigmas": ["1", 0], "width": 256, "height": 128}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "plot"}},
+    }
+    files = server.output_files(server.run(graph))
+    assert len(files) == 1
+    pixels = np.asarray(Image.open(files[0]).convert("L")) > 127
+    # steps+1 sigmas -> steps+1 separate dots: count runs of lit columns.
+    lit = pixels.any(axis=0)
+    runs = int(np.sum(lit[1:] & ~lit[:-1]) + lit[0])
+    assert runs == steps + 1
+    # log sigma decreases: each dot's row is below (greater than) the previous one.
+    starts = np.flatnonzero(lit & ~np.concatenate([[False], lit[:-1]]))
+    rows = [np.flatnonzero(pixels[:, c + 2])[0] for c in starts]
+    assert rows == sorted(rows) and rows[0] < rows[-1]
+
+
+def test_bad_input_is_reported_and_server_keeps_serving(server):
+    bad = {
+        "1": {"class_type": "KarrasScheduler", "inputs": {"steps": 5, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0}},
+        "2": {"class_type": "DiffusionAnatomyPlotSigmas", "inputs": {"sigmas": ["1", 0], "width": 8, "height": 128}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "bad"}},
+    }
+    with pytest.raises(ComfyError, match="width"):
+        server.run(bad)
+    bad["2"]["inputs"]["width"] = 128
+    assert len(server.output_files(server.run(bad))) == 1
