@@ -52,16 +52,9 @@ def churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tma
     return 0.0
 
 
-def _churn(x, sigma: float, gamma: float, s_noise: float, noise_sampler):
-    """Raise the noise level of x from sigma to sigma_hat = (1 + gamma) sigma (Alg. 2 lines 6-7)."""
-    sigma_hat = sigma * (gamma + 1)
-    if gamma > 0:
-        x = x + noise_sampler(sigma, sigma_hat) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
-    return x, sigma_hat
-
-
 class _Churn:
-    """Alg. 2's churn for one run: gamma per step and the (lazily made) seeded noise source."""
+    """Karras et al. 2206.00364 Alg. 2 lines 4-7 for one run: raise x from sigma to
+    sigma_hat = (1 + gamma) sigma with fresh noise; the seeded noise source is made only if used."""
 
     def __init__(self, x, extra_args, noise_sampler, n_steps, s_churn, s_tmin, s_tmax, s_noise):
         self.n_steps, self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = n_steps, s_churn, s_tmin, s_tmax, s_noise
@@ -70,7 +63,10 @@ class _Churn:
     def __call__(self, x, sigma: float):
         """(x at sigma_hat, sigma_hat, gamma)."""
         gamma = churn_gamma(sigma, self.n_steps, self.s_churn, self.s_tmin, self.s_tmax)
-        return (*_churn(x, sigma, gamma, self.s_noise, self.noise_sampler), gamma)
+        sigma_hat = sigma * (gamma + 1)
+        if gamma > 0:
+            x = x + self.noise_sampler(sigma, sigma_hat) * self.s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        return x, sigma_hat, gamma
 
 
 def _report(callback, x, i, sigmas, denoised, gamma=0.0):
@@ -217,6 +213,8 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     into sigma = 0 returns x0. The Euler start-up makes the global error O(h^2) at best whatever
     `order` is (its constant is small on SD-like schedules); the tests show both effects.
     """
+    if order < 1:
+        raise ValueError(f"LMS order must be at least 1, got {order}")
     extra_args = {} if extra_args is None else extra_args
     s_in = s_in_like(x)
     sig = sigmas.tolist()
@@ -361,9 +359,9 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None,
         if sigma_next == 0:
             x = denoised
             continue
-        a_t, a_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
-        std_t = eta * math.sqrt((1 - a_next) / (1 - a_t) * (1 - a_t / a_next))  # eq. 16
-        c = min(std_t / math.sqrt(a_next), sigma_next)
+        alpha_bar, alpha_bar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+        sigma_t = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))  # eq. 16
+        c = min(sigma_t / math.sqrt(alpha_bar_next), sigma_next)
         eps = (x - denoised) / sigma
         x = denoised + eps * math.sqrt(sigma_next**2 - c**2)
         if c > 0:
