@@ -1,0 +1,107 @@
+"""Opening a .safetensors file defensively, and lazy views of its tensors.
+
+safetensors layout: 8 bytes little-endian header size N, N bytes of JSON
+{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}, then the data.
+The header is checked here before `safetensors.safe_open` sees the file, so a truncated download or
+a file of another kind gets an error that says so instead of a parser message.
+
+Pickle checkpoints (.ckpt/.pt/.pth/.bin, or any file that starts like a pickle or a torch zip) are
+refused rather than read with `torch.load(weights_only=True)`: one format to support, and no
+unpickling of downloaded files at all. Convert them once with a trusted tool.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from .errors import NotSafetensorsError, PickleCheckpointError, TruncatedCheckpointError
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """(name -> shape, metadata) of a safetensors file, after checking it is whole."""
+    if not path.is_file():
+        raise NotSafetensorsError(path, "no such file; expected a .safetensors checkpoint")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if path.suffix.lower() in PICKLE_SUFFIXES or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise PickleCheckpointError(
+                path,
+                "a pickle checkpoint (.ckpt/.pt); these are refused because unpickling a file can run "
+                "arbitrary code. Expected a .safetensors file: convert it once with a trusted tool.",
+            )
+        if len(head) < 8:
+            raise NotSafetensorsError(path, f"only {size} bytes; expected a .safetensors file (8-byte header size first)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, MAX_HEADER_BYTES):
+            raise NotSafetensorsError(
+                path, f"the first 8 bytes give a header of {n} bytes in a {size}-byte file; expected a .safetensors file"
+            )
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise NotSafetensorsError(path, f"the header is not JSON ({e}); expected a .safetensors file") from None
+    if not isinstance(header, dict):
+        raise NotSafetensorsError(path, "the header is not a JSON object; expected a .safetensors file")
+
+    metadata = header.pop("__metadata__", None) or {}
+    shapes, end = {}, 0
+    try:
+        for name, info in header.items():
+            shapes[name] = tuple(int(d) for d in info["shape"])
+            end = max(end, int(info["data_offsets"][1]))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise NotSafetensorsError(path, f"header entry {name!r} lacks shape/data_offsets; expected a .safetensors file") from None
+    if size < 8 + n + end:
+        raise TruncatedCheckpointError(
+            path, f"truncated: the header describes {8 + n + end} bytes but the file has {size} (an interrupted download?)"
+        )
+    if size > 8 + n + end:
+        raise NotSafetensorsError(path, f"{size - 8 - n - end} bytes after the last tensor; expected a .safetensors file")
+    return shapes, dict(metadata)
+
+
+def open_safetensors(path: Path, device: str = "cpu"):
+    try:
+        return safe_open(str(path), framework="pt", device=device)
+    except Exception as e:  # the library raises its own SafetensorError
+        raise NotSafetensorsError(path, f"safetensors could not open it: {e}") from None
+
+
+class LazyStateDict(Mapping):
+    """`prefix`-stripped view of a checkpoint's tensors; each tensor is read from the file when asked for.
+
+    A `Mapping`, so `module.load_state_dict(view)` works; values are cast to `dtype` (floating
+    tensors only) when one is given.
+    """
+
+    def __init__(self, handle, prefix: str, shapes: Mapping[str, tuple[int, ...]], dtype: torch.dtype | None = None):
+        self.prefix, self.dtype, self._handle = prefix, dtype, handle
+        self._shapes = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._shapes:
+            raise KeyError(key)
+        t = self._handle.get_tensor(self.prefix + key)
+        return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shapes)
+
+    def __repr__(self) -> str:
+        return f"LazyStateDict(prefix={self.prefix!r}, {len(self)} tensors)"

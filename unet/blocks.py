@@ -1,0 +1,84 @@
+"""The convolutional parts of the U-Net: timestep embedding, ResBlock, Downsample, Upsample.
+
+Ho et al. (2020), "Denoising Diffusion Probabilistic Models", arXiv:2006.11239 (U-Net, sinusoidal
+time embedding); Dhariwal & Nichol (2021), arXiv:2105.05233 (the `openaimodel.py` layout whose
+module names the LDM checkpoints keep: `in_layers`, `emb_layers`, `out_layers`, `skip_connection`, `op`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[b] (possibly fractional) timesteps -> [b, dim] = [cos(t f_i), sin(t f_i)], f_i = max_period^(-i/half).
+
+    Always float32, as in LDM: t up to 999 times f_0 = 1 needs more than fp16's 11 bits of mantissa.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) / half * torch.arange(half, dtype=torch.float32, device=timesteps.device))
+    args = timesteps.float()[:, None] * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(embedding, (0, dim % 2))
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back (LDM's `GroupNorm32`): safe in fp16/bf16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, add the projected time embedding, GN-SiLU-conv; a 1x1 conv skip when widths differ."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int | None = None):
+        super().__init__()
+        out_channels = out_channels or channels
+        self.in_layers = nn.Sequential(
+            GroupNorm32(32, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(32, out_channels),
+            nn.SiLU(),
+            nn.Identity(),  # dropout while training; keeps the conv at index 3 as in the checkpoints
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize to `size` (twice the input unless the skip it meets says otherwise), 3x3 conv.
+
+    Taking the size of the skip connection lets latents whose sides are not multiples of 8 pass.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        size = size or (2 * x.shape[-2], 2 * x.shape[-1])
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
