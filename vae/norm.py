@@ -1,0 +1,65 @@
+"""GroupNorm (Wu & He 2018, arXiv:1803.08494) that can take image-wide statistics from the tiler.
+
+Plain use is `torch.nn.GroupNorm`, except that half-precision inputs are normalised in float32
+(the statistics of 512-channel maps lose digits in fp16/bf16; ComfyUI normalises in the input
+dtype). Inside `image_statistics(plan)` the module does not look at its own input's statistics: the
+i-th GroupNorm called in a forward pass either normalises with the i-th image-wide (mean, rstd) the
+plan already knows, or, if it is the first unknown one, adds its input's owned window to the plan's
+running sums and stops the forward pass (`StatisticsGathered`). See `vae/tiled.py`.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+_PLAN: ContextVar = ContextVar("diffusion_anatomy_vae_image_statistics", default=None)
+
+
+class StatisticsGathered(Exception):
+    """Raised by the GroupNorm whose image-wide statistics are being gathered: the rest of the pass is not needed."""
+
+
+class GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` (same parameters and state-dict keys) with float32 maths for half inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plan = _PLAN.get()
+        if plan is not None:
+            return plan.group_norm(self, x)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            w, b = self.weight.float(), self.bias.float()
+            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return super().forward(x)
+
+
+def normalize_with(gn: GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    """(x - mean) * rstd * weight + bias with given per-(sample, group) statistics [B, G]."""
+    xg = rearrange(x.float(), "b (g c) h w -> b g c h w", g=gn.num_groups)
+    y = (xg - mean[:, :, None, None, None]) * rstd[:, :, None, None, None]
+    y = rearrange(y, "b g c h w -> b (g c) h w") * gn.weight.float()[:, None, None] + gn.bias.float()[:, None, None]
+    return y.to(x.dtype)
+
+
+def group_moments(gn: GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sum and sum of squares of x per (sample, group), in float64, and the element count per group."""
+    xg = rearrange(x.double(), "b (g c) h w -> b g (c h w)", g=gn.num_groups)
+    return xg.sum(-1), xg.square().sum(-1), xg.shape[-1]
+
+
+class image_statistics:
+    """Context manager: GroupNorms called inside it defer to `plan.group_norm(module, x)`."""
+
+    def __init__(self, plan):
+        self.plan = plan
+
+    def __enter__(self):
+        self._token = _PLAN.set(self.plan)
+        return self.plan
+
+    def __exit__(self, *exc):
+        _PLAN.reset(self._token)
+        return False
