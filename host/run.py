@@ -11,7 +11,7 @@ from pathlib import Path
 import hostenv
 from comfy_server import ComfyError, ComfyServer
 
-DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "sigma_plot.api.json"
+DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "sigma_plot.json"
 
 
 def main() -> int:

@@ -3,7 +3,63 @@ from __future__ import annotations
 
 import torch
 
-from .common import CATEGORY, PREFIX
+from ..samplers.schedules import SCHEDULES, Schedule, calculate_sigmas
+from .common import CATEGORY, PREFIX, widget
+
+STEPS = ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Number of sampling steps (sigmas returned: steps + 1)."})
+DENOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                     "tooltip": "1 starts from pure noise; lower keeps more of the input latent (image-to-image): "
+                                "the schedule is made for steps/denoise steps and its last steps+1 sigmas are kept."})
+MODEL = ("MODEL", {"tooltip": "The model whose noise levels (sigma table, sigma_min/max) the schedule follows."})
+
+
+def model_schedule(model, name: str, steps: int, denoise: float, **options) -> torch.Tensor:
+    """The schedule `name` for a ComfyUI MODEL, with BasicScheduler's rule for denoise < 1."""
+    if denoise <= 0.0:
+        return torch.FloatTensor([])
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    sampling = model.get_model_object("model_sampling")
+    table = getattr(sampling, "sigmas", None)
+    sigmas = calculate_sigmas(name, total, model_sigmas=table.detach().cpu() if table is not None else None,
+                              sigma_min=float(sampling.sigma_min), sigma_max=float(sampling.sigma_max), **options)
+    return sigmas[-(steps + 1):].float()
+
+
+class Scheduler:
+    DESCRIPTION = ("A noise schedule for any model, by name: the descending sigmas the sampler walks from pure noise to the image. "
+                   "Equal to core BasicScheduler for the schedules core has.")
+    CATEGORY = f"{CATEGORY}/schedules"
+    RETURN_TYPES = ("SIGMAS",)
+    OUTPUT_TOOLTIPS = ("Descending sigmas ending in 0, steps + 1 of them.",)
+    FUNCTION = "schedule"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        tooltip = "\n".join(["The schedule:", *(f"{k}: {v.description}" for k, v in SCHEDULES.items())])
+        return {"required": {"model": MODEL, "scheduler": (list(SCHEDULES), {"default": "karras", "tooltip": tooltip}),
+                             "steps": STEPS, "denoise": DENOISE}}
+
+    def schedule(self, model, scheduler, steps, denoise):
+        return (model_schedule(model, scheduler, steps, denoise),)
+
+
+def schedule_node(name: str, entry: Schedule) -> type:
+    class ScheduleNode:
+        DESCRIPTION = f"The {name} noise schedule: {entry.description}"
+        CATEGORY = f"{CATEGORY}/schedules"
+        RETURN_TYPES = ("SIGMAS",)
+        OUTPUT_TOOLTIPS = ("Descending sigmas ending in 0.",)
+        FUNCTION = "schedule"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"model": MODEL, "steps": STEPS, "denoise": DENOISE, **{o.name: widget(o) for o in entry.options}}}
+
+        def schedule(self, model, steps, denoise, **options):
+            return (model_schedule(model, name, steps, denoise, **options),)
+
+    ScheduleNode.__name__ = ScheduleNode.__qualname__ = f"{PREFIX}Schedule_{name}"
+    return ScheduleNode
 
 
 class PlotSigmas:
@@ -48,5 +104,8 @@ def plot_sigmas(sigmas: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return image
 
 
-NODE_CLASS_MAPPINGS = {f"{PREFIX}PlotSigmas": PlotSigmas}
-NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}PlotSigmas": "Plot Sigmas (Diffusion Anatomy)"}
+NODE_CLASS_MAPPINGS = {f"{PREFIX}PlotSigmas": PlotSigmas, f"{PREFIX}Scheduler": Scheduler}
+NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}PlotSigmas": "Plot Sigmas (Diffusion Anatomy)", f"{PREFIX}Scheduler": "Scheduler (Diffusion Anatomy)"}
+for _name, _entry in SCHEDULES.items():
+    NODE_CLASS_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = schedule_node(_name, _entry)
+    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = f"Schedule: {_name}"
