@@ -20,7 +20,7 @@ from ._common import ancestral_step, s_in_like, sigma_of, t_of
 from .noise import default_noise_sampler
 from .registry import Option, register
 
-REFERENCE = "comfyanonymous/ComfyUI comfy/k_diffusion/sampling.py::{} (DPMSolver, PIDStepSizeController)"
+REFERENCE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::{}"  # with its DPMSolver, PIDStepSizeController
 ETA = Option("eta", 0.0, 0.0, 100.0, 0.01, tooltip="Ancestral noise per step (0: the ODE solver).")
 S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the added noise.")
 
@@ -113,7 +113,8 @@ def fast_orders(nfe: int) -> list[int]:
     description="Emphasises speed with few steps; for text-to-image and video.",
 )
 @torch.no_grad()
-def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0, s_noise=1.0, noise_sampler=None):
+def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0, s_noise=1.0,
+                    noise_sampler=None):
     """DPM-Solver-fast (Lu et al. 2206.00927, sec. 3.4): n = len(sigmas) - 1 model calls spent on
     floor(n/3) + 1 steps uniform in t = -log(sigma), of orders 3, ..., 3 then (2, 1) or n mod 3.
 
@@ -167,7 +168,8 @@ def pid_step_factor(inv_errors: list[float], pcoeff: float, icoeff: float, dcoef
         Option("pcoeff", 0.0, 0.0, 100.0, 0.01, tooltip="Proportional coefficient of the PID step-size controller."),
         Option("icoeff", 1.0, 0.0, 100.0, 0.01, tooltip="Integral coefficient of the PID step-size controller."),
         Option("dcoeff", 0.0, 0.0, 100.0, 0.01, tooltip="Derivative coefficient of the PID step-size controller."),
-        Option("accept_safety", 0.81, 0.0, 100.0, 0.01, tooltip="A step is accepted when the proposed step factor is at least this."),
+        Option("accept_safety", 0.81, 0.0, 100.0, 0.01,
+               tooltip="A step is accepted when the proposed step factor is at least this."),
         ETA, S_NOISE,
     ),
     reference=REFERENCE.format("sample_dpm_adaptive"),

@@ -19,10 +19,11 @@ from ._common import ancestral_step, s_in_like, sigma_of, t_of
 from .noise import brownian_tree_noise_sampler, default_noise_sampler
 from .registry import Option, register
 
-ETA = Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="Fraction of the step's noise that is fresh: 0 is the ODE solver, 1 the reverse SDE.")
-S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the added noise (above 1 adds detail, below 1 smooths).")
-NOISE_DEVICE = Option("noise_device", "cpu", choices=("cpu", "gpu"), tooltip="Where the Brownian tree lives: 'cpu' (core's default numbers) or the model's device ('gpu': other numbers for the same seed).")
-SDE_REFERENCE = "comfyanonymous/ComfyUI comfy/k_diffusion/sampling.py::sample_{}"
+ETA = Option("eta", 1.0, 0.0, 100.0, 0.01,
+             tooltip="How stochastic each step is: 0 is the ODE solver, 1 the reverse SDE.")
+S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01,
+                 tooltip="Scale of the added noise (above 1 adds detail, below 1 smooths).")
+REFERENCE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::sample_{}"
 
 
 def brownian_noise(x: torch.Tensor, sigmas: list[float], seed, noise_device: str = "cpu"):
@@ -40,7 +41,8 @@ def sde_noise_std(sigma_next: float, h: float, eta: float) -> float:
 
 @register(
     id="dpmpp_2m", name="DPM++ 2M", order=2, calls_per_step=1, stochastic=False, core_id="dpmpp_2m",
-    reference=SDE_REFERENCE.format("dpmpp_2m"), paper="arXiv 2211.01095, Algorithm 2 (DPM-Solver++(2M))",
+    reference=REFERENCE.format("dpmpp_2m"),
+    paper="arXiv 2211.01095, Algorithm 2 (DPM-Solver++(2M))",
     description="Good quality with few steps; recommended for text-to-image and text-to-video.",
 )
 @torch.no_grad()
@@ -76,13 +78,16 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @register(
     id="dpmpp_2m_sde", name="DPM++ 2M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_2m_sde",
     options=(ETA, S_NOISE), fixed_options={"solver_type": "midpoint"},
-    reference=SDE_REFERENCE.format("dpmpp_2m_sde"), paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); midpoint correction as k-diffusion",
+    reference=REFERENCE.format("dpmpp_2m_sde"),
+    paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); midpoint correction as k-diffusion",
     description="DPM++ 2M adapted to stochastic (SDE) sampling; for text-to-image.",
 )
 @register(
-    id="dpmpp_2m_sde_heun", name="DPM++ 2M SDE Heun", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_2m_sde_heun",
+    id="dpmpp_2m_sde_heun", name="DPM++ 2M SDE Heun", core_id="dpmpp_2m_sde_heun",
+    order=2, calls_per_step=1, stochastic=True,
     options=(ETA, S_NOISE), fixed_options={"solver_type": "heun"},
-    reference=SDE_REFERENCE.format("dpmpp_2m_sde"), paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); Heun correction as k-diffusion",
+    reference=REFERENCE.format("dpmpp_2m_sde"),
+    paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); Heun correction as k-diffusion",
     description="DPM++ 2M SDE with the Heun-type (phi_2) second-order correction instead of the midpoint one.",
 )
 @torch.no_grad()
@@ -130,13 +135,15 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 @register(
     id="dpmpp_3m_sde", name="DPM++ 3M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde",
     options=(ETA, S_NOISE), fixed_options={"noise_device": "cpu"},
-    reference=SDE_REFERENCE.format("dpmpp_3m_sde"), paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
+    reference=REFERENCE.format("dpmpp_3m_sde"),
+    paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="Third-order multistep SDE sampler; for text-to-image and image-to-video.",
 )
 @register(
     id="dpmpp_3m_sde_gpu", name="DPM++ 3M SDE GPU", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde_gpu",
     options=(ETA, S_NOISE), fixed_options={"noise_device": "gpu"},
-    reference=SDE_REFERENCE.format("dpmpp_3m_sde_gpu"), paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
+    reference=REFERENCE.format("dpmpp_3m_sde_gpu"),
+    paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="DPM++ 3M SDE with its Brownian noise drawn on the GPU (faster; the same seed gives other noise).",
 )
 @torch.no_grad()
@@ -193,13 +200,16 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 
 @register(
-    id="dpmpp_2s_ancestral", name="DPM++ 2S Ancestral", order=2, calls_per_step=2, stochastic=True, core_id="dpmpp_2s_ancestral",
+    id="dpmpp_2s_ancestral", name="DPM++ 2S Ancestral", core_id="dpmpp_2s_ancestral",
+    order=2, calls_per_step=2, stochastic=True,
     options=(ETA, S_NOISE),
-    reference=SDE_REFERENCE.format("dpmpp_2s_ancestral"), paper="arXiv 2211.01095, Algorithm 1 (DPM-Solver++(2S), r = 1/2) with ancestral noise",
+    reference=REFERENCE.format("dpmpp_2s_ancestral"),
+    paper="arXiv 2211.01095, Algorithm 1 (DPM-Solver++(2S), r = 1/2) with ancestral noise",
     description="Improves the accuracy of the image in the final steps; for text-to-image and text-to-3D.",
 )
 @torch.no_grad()
-def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None):
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                              noise_sampler=None):
     """Ancestral sampling with DPM-Solver++(2S) steps (Lu et al. 2211.01095 Algorithm 1, r = 1/2).
 
     Each step goes deterministically to sigma_down with a midpoint evaluation at lambda + h/2, then adds

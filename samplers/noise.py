@@ -99,6 +99,12 @@ def pyramid(shape: tuple, streams: Streams, like: torch.Tensor) -> torch.Tensor:
     return gaussian(shape, streams, like) * PYRAMID_STD
 
 
+def _height_width(shape: tuple) -> tuple[int, int]:
+    if len(shape) < 3:
+        raise ValueError(f"this noise type needs (batch, ..., height, width) tensors, not shape {tuple(shape)}")
+    return shape[-2], shape[-1]
+
+
 def _as_planes(t: torch.Tensor) -> torch.Tensor:
     """(..., h, w) -> (n, 1, h, w): leading axes as one batch of single-channel planes for interpolate."""
     return t.reshape(-1, 1, *t.shape[-2:])
@@ -110,7 +116,7 @@ def highres_pyramid(shape: tuple, streams: Streams, like: torch.Tensor, discount
     Uniform noise plus up to 4 normal grids of growing resolution (ratio r^i, r uniform in [2, 4), capped at
     15x the latent size), each resized to latent size bilinearly and weighted by discount^i.
     """
-    h, w = shape[-2:]
+    h, w = _height_width(shape)
     noise = uniform(shape, streams, like)
     gh, gw = h, w
     for i in range(4):
@@ -128,7 +134,8 @@ def _smoothstep(t: torch.Tensor) -> torch.Tensor:
     return t * t * (3 - 2 * t)
 
 
-def perlin_noise(planes: int, grid: tuple[int, int], out: tuple[int, int], streams: Streams, like: torch.Tensor) -> torch.Tensor:
+def perlin_noise(planes: int, grid: tuple[int, int], out: tuple[int, int], streams: Streams,
+                 like: torch.Tensor) -> torch.Tensor:
     """2-D gradient (Perlin) noise, (planes, H, W): random unit gradients on a (gh+1) x (gw+1) lattice; each
     pixel blends the dot products of the 4 corner gradients with its offsets to them, weights smoothstep(3t^2-2t^3).
     """
@@ -136,7 +143,8 @@ def perlin_noise(planes: int, grid: tuple[int, int], out: tuple[int, int], strea
     bh, bw = oh // gh, ow // gw
     if (bh * gh, bw * gw) != (oh, ow):
         raise ValueError(f"perlin output {out} is not a whole number of grid cells {grid}")
-    angle = 2 * math.pi * torch.rand((planes, gh + 1, gw + 1), generator=streams.values, dtype=like.dtype, device=like.device)
+    lattice = (planes, gh + 1, gw + 1)
+    angle = 2 * math.pi * torch.rand(lattice, generator=streams.values, dtype=like.dtype, device=like.device)
     gradient = torch.stack((angle.cos(), angle.sin()), dim=-1)  # (planes, gh+1, gw+1, xy)
     row, col = torch.arange(oh, device=like.device), torch.arange(ow, device=like.device)
     fy = ((row % bh + 0.5) / bh).to(like.dtype)[:, None]  # position inside the cell, (oh, 1)
@@ -161,7 +169,7 @@ def perlin(shape: tuple, streams: Streams, like: torch.Tensor) -> torch.Tensor:
     every image of a batch shares them; here each image gets its own (batch noise must be independent, and a
     per-sample seed must give the same noise as a batch of one).
     """
-    h, w = shape[-2:]
+    h, w = _height_width(shape)
     planes = math.prod(shape[:-2])
     noise = gaussian(shape, streams, like) / 2
     for _ in range(2):
@@ -204,6 +212,9 @@ def default_noise_sampler(x: torch.Tensor, seed: Seed = None):
 
 # --- Brownian tree -----------------------------------------------------------------------------------
 
+TREE_TOL = 1e-6  # torchsde's default time resolution of the tree (core uses the default)
+
+
 def brownian_tree_noise_sampler(x: torch.Tensor, sigma_min: float, sigma_max: float, seed: Seed = None, cpu: bool = True):
     """Noise from one Brownian path W over [sigma_min, sigma_max]: (W(sigma_next) - W(sigma)) / sqrt|sigma_next - sigma|.
 
@@ -226,15 +237,20 @@ def brownian_tree_noise_sampler(x: torch.Tensor, sigma_min: float, sigma_max: fl
     device = torch.device("cpu") if cpu else x.device
     w0 = torch.zeros(x.shape[1:] if per_sample else x.shape, dtype=x.dtype, device=device)
     lo, hi = sorted((float(sigma_min), float(sigma_max)))
-    trees = [torchsde.BrownianTree(lo, w0, hi, entropy=s) for s in seeds]
+    trees = [torchsde.BrownianTree(lo, w0, hi, entropy=s, tol=TREE_TOL) for s in seeds]
+    # torchsde keeps times to the digits of its tolerance and clamps queries into its (rounded) interval, with a
+    # warning; clamping here first gives the same numbers, quietly.
+    digits = round(-math.log10(TREE_TOL))
+    t_lo, t_hi = round(lo, digits), round(hi, digits)
 
     def query_time(sigma: float) -> float:
-        # core's CPU tree is queried at float32 times; torchsde clamps them into [lo, hi] with a warning
-        t = float(torch.tensor(sigma, dtype=torch.float32)) if cpu else sigma
-        return min(max(t, lo), hi)
+        t = float(torch.tensor(sigma, dtype=torch.float32)) if cpu else sigma  # core's CPU tree: float32 times
+        return min(max(t, t_lo), t_hi)
 
     def sample(sigma, sigma_next):
         a, b = float(sigma), float(sigma_next)
+        if a == b:  # an empty step (a repeated sigma): no noise; core divides 0 by 0 here (NaN)
+            return torch.zeros_like(x)
         sign = 1.0 if a < b else -1.0
         t0, t1 = query_time(min(a, b)), query_time(max(a, b))
         w = torch.stack([tree(t0, t1) for tree in trees]).to(device=x.device, dtype=x.dtype)

@@ -58,9 +58,11 @@ def test_seed_list_length_must_match_batch():
         draw("brownian", [1, 2, 3])
 
 
-def test_unknown_type_is_an_error():
+def test_unknown_type_or_shape_is_an_error():
     with pytest.raises(ValueError):
         draw("violet", 0)
+    with pytest.raises(ValueError):
+        draw("perlin", 0, shape=(16, 16))  # needs (batch, ..., height, width)
 
 
 def test_gaussian_is_cores_stream():
@@ -183,6 +185,11 @@ def test_brownian_is_reversible_in_sign():
     x = torch.zeros(100)
     sample = noise.brownian_tree_noise_sampler(x, 0.1, 10.0, seed=1)
     torch.testing.assert_close(sample(2.0, 1.0), -sample(1.0, 2.0))
+
+
+def test_brownian_empty_step_is_zero_not_nan():
+    x = torch.zeros(10)
+    assert torch.equal(noise.brownian_tree_noise_sampler(x, 0.1, 10.0, seed=1)(2.0, 2.0), x)
 
 
 def test_brownian_device_option_keeps_its_seed():
