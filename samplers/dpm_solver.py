@@ -186,7 +186,10 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
     shared evaluations; the scaled error ||(x_low - x_high) / delta|| / sqrt(N), delta = max(atol, rtol
     max(|x_low|, |x_prev|)), drives a PID controller that rescales h and accepts the step when the factor is
     at least `accept_safety`; the high-order solution is kept. Reading the error is one host read per attempt
-    (a step-size decision needs it). The callback fires once per accepted step (core's fires on every
+    (a step-size decision needs it).
+
+    Differences from core, same results: a rejected attempt reuses eps at s (core evaluates the model there
+    again); the callback fires once per accepted step with x, sigma and D at its start (core's fires on every
     attempt, rejected ones included).
     """
     if order not in (2, 3):

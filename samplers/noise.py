@@ -1,7 +1,8 @@
 """Noise sources for stochastic samplers.
 
-A noise sampler is a callable `noise_sampler(sigma, sigma_next) -> Tensor` shaped like x, with unit
-variance per element (the sampler scales it). Every source here is seeded and reproducible:
+A noise sampler is a callable `noise_sampler(sigma, sigma_next) -> Tensor` shaped like x, mean 0 and unit
+variance per element (pyramid: 1.09^2, as its reference); the sampler scales it. Every source here is
+seeded and reproducible:
 
 - `seed` an int: one random stream for the whole batch (core's convention for gaussian noise);
 - `seed` a list of ints, one per sample: one stream per sample, so sample k of a batch gets the same
