@@ -140,6 +140,8 @@ def sample_euler_ancestral_dancing(model, x, sigmas, extra_args=None, callback=N
     drops the NaN, so for every eta_dance > 0 the step collapses to x = x0 + sigma[i+1] n and eta_dance
     has no effect. Here the move up is defined by `dance_step` (eta_dance=0 as in the reference,
     eta_dance=1 the exact forward noising process, large eta_dance the reference's x0 + sigma n).
+    With a Brownian noise type the leap's and the dance's sigma intervals overlap, so their noises are
+    correlated, as in the reference's design.
     """
     extra_args = {} if extra_args is None else extra_args
     sig = sigmas.tolist()
