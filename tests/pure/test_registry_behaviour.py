@@ -100,7 +100,9 @@ def test_callback_once_per_step(sampler_id):
 @pytest.mark.parametrize("ends_in_zero", [True, False])
 def test_model_calls_per_step(sampler_id, ends_in_zero):
     """`calls_per_step` model calls between consecutive callbacks; the last step may take fewer when it
-    goes to sigma 0 (Heun/DPM-2 finish with an Euler step); with no 0 at the end every step takes all."""
+    goes to sigma 0 (Heun/DPM-2 finish with an Euler step); with no 0 at the end every step takes all.
+    (discard_penultimate_sigma samplers get a schedule with the penultimate sigma already dropped by
+    the caller; the rule is the same on the schedule they are given.)"""
     c = REGISTRY[sampler_id].calls_per_step
     n = 6
     model = Recorder()
