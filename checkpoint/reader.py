@@ -47,6 +47,11 @@ class CheckpointInfo:
     metadata: dict[str, str]
     shapes: dict[str, tuple[int, ...]] = field(repr=False)
 
+    @property
+    def text_encoder_prefixes(self) -> list[str]:
+        """`cond_stage_model.` (SD1.x/SD2.x) or `conditioner.embedders.N.` for each N (SDXL: 0 = CLIP-L, 1 = bigG)."""
+        return _text_encoder_prefixes(self.shapes)
+
 
 @dataclass(frozen=True)
 class Checkpoint(CheckpointInfo):
@@ -117,7 +122,7 @@ def load_checkpoint(
         except RuntimeError as e:
             raise CheckpointError(info.path, f"the U-Net tensors do not load into {info.family}: {e}") from None
         unet.eval().requires_grad_(False)
-    text = [LazyStateDict(handle, p, info.shapes, dtype) for p in _text_encoder_prefixes(info.shapes)]
+    text = [LazyStateDict(handle, p, info.shapes, dtype) for p in info.text_encoder_prefixes]
     return Checkpoint(
         **{f: getattr(info, f) for f in ("path", "family", "config", "prediction_source", "metadata", "shapes")},
         unet=unet,
