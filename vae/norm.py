@@ -1,8 +1,7 @@
 """GroupNorm (Wu & He 2018, arXiv:1803.08494) that can take image-wide statistics from the tiler.
 
-Plain use is `torch.nn.GroupNorm`, except that half-precision inputs are normalised in float32
-(the statistics of 512-channel maps lose digits in fp16/bf16; ComfyUI normalises in the input
-dtype). Inside `image_statistics(plan)` the module does not look at its own input's statistics: the
+Plain use is `torch.nn.GroupNorm`, as in ComfyUI: no manual upcast is needed for fp16/bf16 inputs,
+torch's group_norm kernels (CPU and CUDA) already accumulate the statistics in float32. Inside `image_statistics(plan)` the module does not look at its own input's statistics: the
 i-th GroupNorm called in a forward pass either normalises with the i-th image-wide (mean, rstd) the
 plan already knows, or, if it is the first unknown one, adds its input's owned window to the plan's
 running sums and stops the forward pass (`StatisticsGathered`). See `vae/tiled.py`.
@@ -12,7 +11,6 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -24,20 +22,17 @@ class StatisticsGathered(Exception):
 
 
 class GroupNorm(nn.GroupNorm):
-    """`nn.GroupNorm` (same parameters and state-dict keys) with float32 maths for half inputs."""
+    """`nn.GroupNorm` (same parameters and state-dict keys) that defers to a tiling plan when one is active."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = _PLAN.get()
         if plan is not None:
             return plan.group_norm(self, x)
-        if x.dtype in (torch.float16, torch.bfloat16):
-            w, b = self.weight.float(), self.bias.float()
-            return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
         return super().forward(x)
 
 
 def normalize_with(gn: GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """(x - mean) * rstd * weight + bias with given per-(sample, group) statistics [B, G]."""
+    """(x - mean) * rstd * weight + bias with given per-(sample, group) statistics [B, G], in float32."""
     xg = rearrange(x.float(), "b (g c) h w -> b g c h w", g=gn.num_groups)
     y = (xg - mean[:, :, None, None, None]) * rstd[:, :, None, None, None]
     y = rearrange(y, "b g c h w -> b (g c) h w") * gn.weight.float()[:, None, None] + gn.bias.float()[:, None, None]
