@@ -152,9 +152,10 @@ class TextEncoder(nn.Module):
         shortest = min(c.shape[1] for c in contexts)  # towers may chunk a prompt differently
         return torch.cat([c[:, :shortest] for c in contexts], dim=-1), pooled
 
-    def load_checkpoint(self, checkpoint: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-        """Load the towers from an LDM single-file state dict (keys with their prefixes)."""
-        self.load_state_dict(text_encoder_state_dict(checkpoint, self.config), strict=strict)
+    def load_checkpoint(self, checkpoint: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load the towers from an LDM single-file state dict (keys with their prefixes).
+        `assign=True` adopts the tensors themselves (for a model built on the meta device)."""
+        return self.load_state_dict(text_encoder_state_dict(checkpoint, self.config), strict=strict, assign=assign)
 
 
 def text_encoder_state_dict(checkpoint: Mapping[str, torch.Tensor], config: TextEncoderConfig) -> dict[str, torch.Tensor]:

@@ -28,6 +28,15 @@ TINY = CLIPTextConfig(width=32, layers=3, heads=4, activation="quick_gelu", voca
 TINY_G = CLIPTextConfig(width=48, layers=3, heads=4, activation="gelu", projection_dim=24)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small matmuls on a shared 2-core machine run ~10x faster without intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
