@@ -58,7 +58,11 @@ Draw = Callable[[tuple, Streams, torch.Tensor], torch.Tensor]
 
 
 def seeded_noise_sampler(x: torch.Tensor, seed: Seed, draw: Draw):
-    """A noise sampler calling `draw` once per step: one stream for the batch, or one per sample."""
+    """A noise sampler calling `draw` once per step: one stream for the batch, or one per sample.
+
+    Types that divide by their std divide by the std of one draw: the whole batch for an int seed (as the
+    reference), each sample for a list of seeds (so a sample's noise does not depend on its batch).
+    """
     _check_seeds(x, seed)
     if _per_sample(seed):
         streams = [Streams.seeded(s, x.device) for s in seed]
