@@ -8,9 +8,9 @@ sampler call:
   same way whatever it takes;
 - a clear error when the model's output stops being finite: `NonFiniteError` names the sampler
   (its document name), the step and the sigma. Checking costs no host-device sync per step: each
-  model call only records whether all of denoised is finite, as a device tensor; the step index is counted
-  on the host from the callbacks; all flags are read once, at the end (or every `check_every`
-  steps where the caller asks for earlier failure).
+  model call only records whether its output is all finite, as a device tensor; the step index
+  is counted on the host from the callbacks; all flags are read once, at the end (or every
+  `check_every` steps where the caller asks for earlier failure).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
     """A 0-d device bool: every element of t is finite. Not read here, so no host sync.
 
     NaN and inf propagate through a sum, so the sum is finite exactly when every element is (unless a
-    finite sum overflows: accumulating in at least float32 that takes values near 1e34, a broken
-    model anyway). One read of t, 5x cheaper than isfinite(t).all(), which writes a bool tensor first.
+    finite sum overflows: accumulating in at least float32 that takes values beyond ~1e33 in a
+    latent, a broken model anyway). One read of t, 5x cheaper than isfinite(t).all(), which writes a bool tensor first.
     """
     return t.sum(dtype=torch.promote_types(t.dtype, torch.float32)).isfinite()
 
@@ -89,7 +89,7 @@ class _FiniteWatch:
         who = f"sampler {self.info.name!r} ({self.info.id})"
         if bad == len(self.flags):
             raise NonFiniteError(f"{who} produced a non-finite result although every model output was finite", self.info.name)
-        sigma, step = float(self.sigmas[bad].reshape(-1)[0]), self.steps[bad]
+        sigma, step = float(torch.as_tensor(self.sigmas[bad]).reshape(-1)[0]), self.steps[bad]
         raise NonFiniteError(
             f"{who}: the model returned NaN/inf at step {step} of {self.n_steps} (model call {bad}, sigma={sigma:.6g})",
             sampler=self.info.name,
