@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import trange
 
 from ._common import s_in_like, to_d
 from .registry import register
@@ -76,7 +75,7 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     history: list[torch.Tensor] = []
-    for i in trange(len(sig) - 1, disable=disable):
+    for i in range(len(sig) - 1):
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
         eps = to_d(x, sigma, denoised)
@@ -119,7 +118,7 @@ def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     history: list[torch.Tensor] = []
-    for i in trange(len(sig) - 1, disable=disable):
+    for i in range(len(sig) - 1):
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
         e1 = to_d(x, sigma, denoised)

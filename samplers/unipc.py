@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import trange
 
 from ._common import s_in_like
 from .registry import register
@@ -140,7 +139,7 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
     s_in = s_in_like(x)
     denoised_history, lambda_history = [], []
     x_prev = None  # x at sig[i - 1], the start of the step being corrected
-    for i in trange(n, disable=disable):
+    for i in range(n):
         denoised = model(x, sig[i] * s_in, **extra_args)
         if i > 0:
             x = unipc_update(x_prev, sig[i - 1], sig[i], denoised_history, lambda_history, orders[i - 1], variant, denoised)
