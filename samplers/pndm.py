@@ -63,6 +63,7 @@ def _eps(model, x, sigma: float, s_in, extra_args) -> torch.Tensor:
     "estimates of earlier steps (Adams-Bashforth up to 4th order); the document recommends it for "
     "latent upscaling.",
 )
+@torch.no_grad()
 def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """PLMS in sigma space: a pseudo improved Euler (Heun) first step, then Adams-Bashforth 2/3/4 on eps.
 
@@ -104,6 +105,7 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     "the data manifold, with 3 pseudo Runge-Kutta warm-up steps and then a 4th-order pseudo linear "
     "multistep method; the document recommends it for text-to-3D.",
 )
+@torch.no_grad()
 def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """PNDM in sigma space: 3 pseudo Runge-Kutta steps (4 model calls each), then Adams-Bashforth 4 on eps.
 

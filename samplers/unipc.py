@@ -122,6 +122,7 @@ def unipc_update(x, sigma_s, sigma_t, denoised_history, lambda_history, p, varia
     paper="arXiv 2302.04867, Algorithms 2-3, B(h) = e^h - 1 (bh2)",
     description="UniPC with B(h) = e^h - 1, which the paper finds better for guided sampling with few steps.",
 )
+@torch.no_grad()
 def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, variant="bh1"):
     """UniPC (Zhao et al. 2302.04867) as ComfyUI's `sample_unipc` runs it; see the module docstring.
 
