@@ -59,9 +59,8 @@ def _eps(model, x, sigma: float, s_in, extra_args) -> torch.Tensor:
     reference="CompVis/stable-diffusion ldm/models/diffusion/plms.py::PLMSSampler.p_sample_plms; "
     "AUTOMATIC1111 modules/sd_samplers_timesteps_impl.py::plms",
     paper="arXiv 2202.09778 (PNDM), pseudo linear multistep with a pseudo improved Euler start",
-    description="Pseudo Linear Multi-Step, the original Stable Diffusion sampler: reuses the noise "
-    "estimates of earlier steps (Adams-Bashforth up to 4th order); the document recommends it for "
-    "latent upscaling.",
+    description="Images with a distinctive style of their own, sharp; medium speed. The document "
+    "recommends it, with DDIM, for latent upscaling (adds detail and sharpness).",
 )
 @torch.no_grad()
 def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -101,9 +100,9 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     reference="huggingface/diffusers src/diffusers/schedulers/scheduling_pndm.py::PNDMScheduler "
     "(step_prk, step_plms, _get_prev_sample)",
     paper="arXiv 2202.09778, formula (9) (transfer part) and (12) (pseudo Runge-Kutta / linear multistep)",
-    description="Pseudo Numerical methods for Diffusion Models: treats sampling as solving an ODE on "
-    "the data manifold, with 3 pseudo Runge-Kutta warm-up steps and then a 4th-order pseudo linear "
-    "multistep method; the document recommends it for text-to-3D.",
+    description="Designed to work well in latent space; balances quality and speed. The document "
+    "recommends it for text-to-image and, with LMS and UNI-PC, for text-to-3D (precise control of "
+    "the image's structure).",
 )
 @torch.no_grad()
 def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):

@@ -96,7 +96,7 @@ def unipc_update(x, sigma_s, sigma_t, denoised_history, lambda_history, p, varia
 
 @register(
     id="uni_pc",
-    name="UniPC",
+    name="UNI-PC",
     order=2,
     calls_per_step=1,
     stochastic=False,
@@ -105,13 +105,12 @@ def unipc_update(x, sigma_s, sigma_t, denoised_history, lambda_history, p, varia
     core_id="uni_pc",
     reference="comfyanonymous/ComfyUI comfy/extra_samplers/uni_pc.py::sample_unipc (from wl-zhao/UniPC)",
     paper="arXiv 2302.04867, Algorithms 2-3 (UniP-p, UniC-p), B(h) = h (bh1)",
-    description="Unified Predictor-Corrector: a multistep predictor whose every step is refined by a "
-    "corrector that reuses the next model evaluation, so higher accuracy at no extra model call; the "
-    "document recommends it for text-to-3D.",
+    description="Uses a predictor-corrector method to make images more accurate; for text-to-image "
+    "and text-to-3D.",
 )
 @register(
     id="uni_pc_bh2",
-    name="UniPC BH2",
+    name="UNI-PC BH2",
     order=2,
     calls_per_step=1,
     stochastic=False,
@@ -120,7 +119,7 @@ def unipc_update(x, sigma_s, sigma_t, denoised_history, lambda_history, p, varia
     core_id="uni_pc_bh2",
     reference="comfyanonymous/ComfyUI comfy/extra_samplers/uni_pc.py::sample_unipc_bh2 (from wl-zhao/UniPC)",
     paper="arXiv 2302.04867, Algorithms 2-3, B(h) = e^h - 1 (bh2)",
-    description="UniPC with B(h) = e^h - 1, which the paper finds better for guided sampling with few steps.",
+    description="Adjusts UNI-PC to be more stable; for text-to-image and text-to-video.",
 )
 @torch.no_grad()
 def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None, variant="bh1"):
