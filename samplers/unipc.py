@@ -21,12 +21,15 @@ It departs from core only where core is broken:
 - core writes 0.001 into the caller's `sigmas` (it edits a view); here `sigmas` is left alone;
 - with a 1-step schedule core's loop only evaluates the model and returns the (rescaled) input
   noise; here the one step is taken (first order, no corrector, as core's own final step).
+
 Order: the last update is first order without a corrector (lower_order_final), and its O(h^2)
 local error sets the global error: UniPC as ComfyUI runs it converges with order 2 (measured 2.1 on
 the exact Gaussian ODE, tests/pure/test_registry_orders.py), the order registered here, although the
-steps before it are order 3 (UniP-3 with UniC).
-Core also computes lambda as log(alpha) - log(std) from sigma in the sigmas' dtype, which in
-float32 loses ~2% of lambda at sigma 0.001; here lambda = -log(sigma) in float64 on the host.
+updates before it use orders up to 3, each with the corrector.
+
+Core also computes lambda as log(alpha) - log(std) from sigma in the sigmas' dtype; in float32 that
+is off by ~0.025 at sigma 0.001 (1 - alpha^2 ~ 1e-6 cancels), 5e-5 relative in the result. Here
+lambda = -log(sigma) in float64 on the host (tests/host/test_parity_unipc.py measures both).
 """
 from __future__ import annotations
 
