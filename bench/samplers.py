@@ -11,7 +11,7 @@ counted with torch.cuda.set_sync_debug_mode("warn"); on CPU with a tensor subcla
 calls that would sync on a GPU (__bool__, item, tolist, float, ...). Ours should read 0.
 
 Run (from the repo root, with the host's python):
-    python bench/samplers.py [--steps 30] [--repeats 7] [--device cpu|cuda] [--only euler,uni_pc]
+    python bench/samplers.py [--steps 30] [--repeats 15] [--device cpu|cuda] [--only euler,uni_pc]
 """
 from __future__ import annotations
 
@@ -75,17 +75,19 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def seconds_per_step(call, x, sigmas, repeats: int) -> float:
-    times = []
-    for r in range(repeats + 1):  # the first run warms up
-        s = sigmas.clone()  # core's UniPC writes into its sigmas
-        synchronize(x.device)
-        start = time.perf_counter()
-        call(x, s)
-        synchronize(x.device)
-        if r:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) / (len(sigmas) - 1)
+def seconds_per_step(calls: dict, x, sigmas, repeats: int) -> dict:
+    """Median seconds per step of each call; runs interleaved so a noisy machine affects all alike."""
+    times = {name: [] for name in calls}
+    for r in range(repeats + 1):  # the first round warms up
+        for name, call in calls.items():
+            s = sigmas.clone()  # core's UniPC writes into its sigmas
+            synchronize(x.device)
+            start = time.perf_counter()
+            call(x, s)
+            synchronize(x.device)
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) / (len(sigmas) - 1) for name, t in times.items()}
 
 
 class SyncCounting(torch.Tensor):
@@ -121,7 +123,7 @@ def syncs_per_step(call, x, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", default="", help="comma-separated sampler ids")
     args = parser.parse_args()
@@ -150,25 +152,29 @@ def main() -> None:
             return run_sampler(info, cheap_denoiser, x, s, extra_args=dict(extra), disable=True)
 
         row = [sampler_id]
-        try:
-            bare = seconds_per_step(ours_bare, x, sigmas, args.repeats)
-            runner = seconds_per_step(ours_runner, x, sigmas, args.repeats)
-            our_syncs = syncs_per_step(ours_runner, x, 8)
-        except Exception as error:  # one broken sampler must not hide the others' numbers
-            print(f"| {sampler_id} | error: {type(error).__name__}: {error} |")
-            continue
-        core, core_syncs = None, None
+        calls = {"bare": ours_bare, "runner": ours_runner}
         if info.core_id is not None:
             sampler = comfy.samplers.sampler_object(info.core_id)
 
             def core_call(x, s, fn=sampler.sampler_function, options=sampler.extra_options):
                 return fn(wrapped, x, s, extra_args=dict(extra), callback=None, disable=True, **options)
 
-            try:
-                core = seconds_per_step(core_call, x, sigmas, args.repeats)
-                core_syncs = syncs_per_step(core_call, x, 8)
-            except Exception as error:
-                core = f"error: {type(error).__name__}"
+            calls["core"] = core_call
+        core_syncs = None
+        try:
+            timing = seconds_per_step(calls, x, sigmas, args.repeats)
+            if "core" in calls:
+                core_syncs = syncs_per_step(calls["core"], x, 8)
+        except Exception as error:  # core fails (e.g. reaches for a model attribute): time ours alone
+            calls.pop("core", None)
+            timing = {"core": f"error: {type(error).__name__}"}
+        try:
+            timing = {**seconds_per_step(calls, x, sigmas, args.repeats), **timing} if "bare" not in timing else timing
+            our_syncs = syncs_per_step(ours_runner, x, 8)
+        except Exception as error:  # one broken sampler must not hide the others' numbers
+            print(f"| {sampler_id} | error: {type(error).__name__}: {error} |", flush=True)
+            continue
+        bare, runner, core = timing["bare"], timing["runner"], timing.get("core")
         fmt = lambda v: f"{v * 1e6:.0f}" if isinstance(v, float) else (v or "-")  # noqa: E731
         ratio = lambda v: f"{v / core:.2f}" if isinstance(core, float) else "-"  # noqa: E731
         row += [fmt(core), fmt(bare), fmt(runner), ratio(bare), ratio(runner), f"{our_syncs:g}",
