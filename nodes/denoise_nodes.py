@@ -13,13 +13,19 @@ import latent_preview
 import torch
 
 from .common import CATEGORY, PREFIX
+from .model_nodes import LATENT_FORMAT_KEY
 
 
-def check_inputs(model, latent: torch.Tensor, sigmas: torch.Tensor) -> None:
+def check_inputs(model, latent_dict: dict, latent: torch.Tensor, sigmas: torch.Tensor) -> None:
     if sigmas.ndim != 1 or len(sigmas) < 2:
         raise ValueError(f"U-Net Denoise needs at least 2 sigmas (1 step); got {tuple(sigmas.shape)}. Use steps >= 1 in the scheduler.")
     if not torch.isfinite(sigmas).all() or (sigmas < 0).any():
         raise ValueError("U-Net Denoise: sigmas must be finite and non-negative")
+    made_for = latent_dict.get(LATENT_FORMAT_KEY)
+    model_format = type(model.model.latent_format).__name__
+    if made_for is not None and made_for != model_format:
+        raise ValueError(f"U-Net Denoise: the latent was made for a {made_for} model but this model is {model_format}; "
+                         "make the Empty Latent from the same model")
     want = model.model.latent_format.latent_channels
     if latent.ndim == 4 and latent.shape[1] not in (want, 1):
         raise ValueError(f"U-Net Denoise: the latent has {latent.shape[1]} channels but this model works on {want}-channel latents "
@@ -55,7 +61,7 @@ class UNetDenoise:
     def denoise(self, model, positive, negative, latent_image, sampler, sigmas, cfg, seed, add_noise):
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        check_inputs(model, samples, sigmas)
+        check_inputs(model, latent, samples, sigmas)
         latent["samples"] = samples
         if add_noise:
             noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))

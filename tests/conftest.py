@@ -42,7 +42,10 @@ def server(tmp_path_factory):
     """One real ComfyUI server with the pack loaded, for the whole run."""
     from comfy_server import ComfyServer
 
-    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"))
+    from support.checkpoints import FIXTURES
+
+    FIXTURES.mkdir(parents=True, exist_ok=True)  # generated checkpoints land here; the server lists them
+    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES])
     yield srv
     srv.stop()
 

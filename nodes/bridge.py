@@ -1,0 +1,239 @@
+"""Hand the pack's own modules to ComfyUI as MODEL, CLIP and VAE (ModelPatcher-managed).
+
+ComfyUI's own loader (`comfy.sd.load_state_dict_guess_config`) builds its modules; here the
+pack's modules take their place inside ComfyUI's wrappers, so device placement, dtype, offload,
+LoRA patching and every core node work with them unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import comfy.model_base
+import comfy.model_detection
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import folder_paths
+import torch
+
+from ..clip.encoder import SD1, SD2, SDXL, TextEncoder
+from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
+from ..unet.model import UNetModel
+from ..vae.config import PRESETS as VAE_PRESETS
+from ..vae.model import AutoencoderKL
+from ..vae.tiled import decode_tiled, encode_tiled
+
+FAMILY_CONFIGS = {
+    "sd15": comfy.supported_models.SD15,
+    "sd21": comfy.supported_models.SD20,
+    "sdxl": comfy.supported_models.SDXL,
+}
+
+
+class ComfyUNet(UNetModel):
+    """The pack's U-Net with the call signature ComfyUI's BaseModel uses (and its `dtype`)."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kwargs):
+        if control is not None:
+            raise NotImplementedError("ControlNet is not supported by the Diffusion Anatomy U-Net; load the checkpoint with core's loader for ControlNet")
+        return super().forward(x, timesteps, context, y)
+
+
+def unet_weight_dtype(model_config, parameters: int) -> torch.dtype:
+    """The dtype ComfyUI would run this U-Net in on the current device (fp32 on a CPU).
+
+    Where ComfyUI would keep one dtype for weights and cast to another for compute ("manual cast"),
+    the pack's plain torch modules hold the weights in the compute dtype instead.
+    """
+    load_device = mm.get_torch_device()
+    unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=list(model_config.supported_inference_dtypes))
+    manual_cast = mm.unet_manual_cast(unet_dtype, load_device, model_config.supported_inference_dtypes)
+    return manual_cast or unet_dtype
+
+
+def comfy_model(unet: UNetModel, family: str, prediction: str) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL around the pack's U-Net (its tensors are shared, not copied)."""
+    state = unet.state_dict()
+    # ComfyUI's own reading of the U-Net's shapes: the unet_config its LoRA key maps and memory estimates use.
+    unet_config = comfy.model_detection.detect_unet_config(state, "")
+    model_config = FAMILY_CONFIGS[family](unet_config)
+    dtype = unet_weight_dtype(model_config, sum(t.numel() for t in state.values()))
+    model_config.set_inference_dtype(dtype, None)
+    model_config.unet_config["disable_unet_model_creation"] = True
+    model_type = comfy.model_base.ModelType.V_PREDICTION if prediction == "v" else comfy.model_base.ModelType.EPS
+    model_class = comfy.model_base.SDXL if family == "sdxl" else comfy.model_base.BaseModel
+    model = model_class(model_config, model_type=model_type, device=torch.device("cpu"))
+
+    with torch.device("meta"):
+        ours = ComfyUNet(unet.config)
+    ours.load_state_dict(state, strict=True, assign=True)  # same tensors, ComfyUI's call signature
+    model.diffusion_model = ours.to(dtype).eval().requires_grad_(False)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+
+
+# --------------------------------------------------------------------------- text encoder
+
+class ComfyTextEncoder(TextEncoder):
+    """The pack's text encoder with the methods `comfy.sd.CLIP` calls on its `cond_stage_model`.
+
+    Its state-dict keys read like ComfyUI's (`clip_l.transformer.text_model...`), so core's LoRA
+    loader finds the CLIP weights it patches.
+    """
+
+    def reset_clip_options(self):
+        self.layer, self.project_pooled = None, True
+
+    def set_clip_options(self, options: dict):
+        self.layer = options.get("layer", self.layer)
+        self.project_pooled = options.get("projected_pooled", self.project_pooled)
+
+    @property
+    def dtypes(self) -> set[torch.dtype]:
+        return {p.dtype for p in self.parameters()}
+
+    def encode_token_weights(self, tokens):
+        context, pooled = self.encode(tokens, layer=getattr(self, "layer", None), project_pooled=getattr(self, "project_pooled", True))
+        device = mm.intermediate_device()
+        return context.float().to(device), pooled.float().to(device)
+
+    def load_sd(self, sd):
+        return self.load_state_dict(sd, strict=False)
+
+
+class ComfyTokenizer:
+    """`comfy.sd.CLIP`'s tokenizer: the pack's BPE and prompt syntax, `embedding:name` from ComfyUI's embeddings folders."""
+
+    def __init__(self, encoder: TextEncoder, embedding_directory=None):
+        self.encoder = encoder
+        self.bpe = BPETokenizer.from_dir(find_tokenizer_dir(Path(comfy.sd1_clip.__file__).resolve().parents[1]))
+        self.embedding_directory = embedding_directory
+
+    def lookups(self) -> dict:
+        if not self.embedding_directory:
+            return {}
+
+        def lookup_for(width: int, key: str):
+            def lookup(name: str):
+                return comfy.sd1_clip.load_embed(name, self.embedding_directory, width, key)
+            return lookup
+
+        # ComfyUI's keys inside multi-encoder embedding files are the tower names: clip_l, clip_h, clip_g
+        return {name: lookup_for(spec.clip.width, f"clip_{name}") for name, spec in self.encoder.config.towers}
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
+        if return_word_ids:
+            raise NotImplementedError("the Diffusion Anatomy tokenizer does not return word ids (used by regional prompting packs)")
+        return self.encoder.tokenize(text, self.bpe, self.lookups())
+
+    def untokenize(self, token_weight_pair):
+        return [(t, self.bpe.decode([t]) if isinstance(t, int) else "<embedding>") for t, _ in token_weight_pair]
+
+    def state_dict(self):
+        return {}
+
+
+TEXT_ENCODERS = {"sd15": SD1, "sd21": SD2, "sdxl": SDXL}
+
+
+def comfy_clip(checkpoint, family: str) -> comfy.sd.CLIP:
+    """A ComfyUI CLIP around the pack's text encoder, loaded from the checkpoint (one copy of the weights)."""
+    config = TEXT_ENCODERS[family]
+    with torch.device("meta"):
+        encoder = ComfyTextEncoder(config)
+    tensors = {}
+    for _, spec in config.towers:
+        part = checkpoint.tensors(spec.checkpoint_prefix)
+        tensors.update({spec.checkpoint_prefix + k: part[k] for k in part.keys()})
+    encoder.load_checkpoint(tensors, strict=True, assign=True)
+    # ComfyUI keeps text-encoder weights in fp16 and computes in fp32 (manual cast); plain torch
+    # modules compute in their weights' dtype, so on a CPU hold fp32 (the same numbers) and on a GPU
+    # ComfyUI's storage dtype (fp16 compute: differs from core in the last bits).
+    device = mm.text_encoder_device()
+    dtype = torch.float32 if device.type == "cpu" else mm.text_encoder_dtype(device)
+    encoder = encoder.to(dtype).eval().requires_grad_(False)
+    encoder.reset_clip_options()
+
+    class Target:  # what comfy.sd.CLIP builds from: our prebuilt modules instead of classes
+        params = {}
+
+        @staticmethod
+        def clip(**_):
+            return encoder
+
+        @staticmethod
+        def tokenizer(embedding_directory=None, tokenizer_data=None):
+            return ComfyTokenizer(encoder, embedding_directory)
+
+    parameters = sum(p.numel() for p in encoder.parameters())
+    return comfy.sd.CLIP(Target, embedding_directory=folder_paths.get_folder_paths("embeddings"), parameters=parameters)
+
+
+# --------------------------------------------------------------------------- VAE
+
+class ComfyAutoencoder(AutoencoderKL):
+    """The pack's AutoencoderKL with the call signature `comfy.sd.VAE` uses."""
+
+    def decode(self, z, **vae_options):
+        return super().decode(z)
+
+
+class ComfyVAE(comfy.sd.VAE):
+    """A ComfyUI VAE around the pack's AutoencoderKL.
+
+    `comfy.sd.VAE.__init__` builds ComfyUI's own module from a state dict; this sets the same fields
+    (those of its SD/SDXL branch) around ours instead. Tiled decode/encode use the pack's seamless
+    tiling (image-wide GroupNorm statistics) rather than core's blended overlapping tiles.
+    """
+
+    def __init__(self, autoencoder: ComfyAutoencoder):  # noqa: super().__init__ would build ComfyUI's module
+        self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * mm.dtype_size(dtype)
+        self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * mm.dtype_size(dtype)
+        self.downscale_ratio = self.upscale_ratio = autoencoder.cfg.downscale
+        self.latent_channels, self.latent_dim, self.output_channels = autoencoder.cfg.embed_dim, 2, 3
+        self.process_input = lambda image: image * 2.0 - 1.0
+        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.working_dtypes = [torch.bfloat16, torch.float32]
+        self.disable_offload, self.not_video, self.size, self.crop_input = False, False, None, True
+        self.downscale_index_formula = self.upscale_index_formula = self.extra_1d_channel = None
+        self.device = mm.vae_device()
+        self.vae_dtype = mm.vae_dtype(self.device, self.working_dtypes)
+        self.first_stage_model = autoencoder.eval().requires_grad_(False).to(self.vae_dtype)
+        self.output_device = mm.intermediate_device()
+        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device())
+        self.model_size()
+
+    def decode_tiled_(self, samples, tile_x=64, tile_y=64, overlap=16):
+        return self._decode_tiled(samples, max(tile_x, tile_y) * self.upscale_ratio)
+
+    def decode_tiled(self, samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+        self.throw_exception_if_invalid()
+        tile = max(tile_x or 64, tile_y or 64) * self.upscale_ratio
+        return self._decode_tiled(samples, tile).movedim(1, -1)
+
+    def _decode_tiled(self, samples, tile: int):
+        mm.load_models_gpu([self.patcher])
+        out = decode_tiled(self.first_stage_model, samples.to(self.vae_dtype).to(self.device), tile=tile)
+        return self.process_output(out.to(self.output_device).float())
+
+    def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
+        self.throw_exception_if_invalid()
+        pixels = self.vae_encode_crop_pixels(pixel_samples)
+        mm.load_models_gpu([self.patcher])
+        image = self.process_input(pixels.movedim(-1, 1).to(self.vae_dtype).to(self.device))
+        return encode_tiled(self.first_stage_model, image, tile=max(tile_x or 512, tile_y or 512)).to(self.output_device).float()
+
+
+def comfy_vae(checkpoint, family: str) -> ComfyVAE:
+    """A ComfyUI VAE around the pack's AutoencoderKL, loaded from the checkpoint (one copy of the weights)."""
+    cfg = VAE_PRESETS["sdxl" if family == "sdxl" else "sd"]
+    with torch.device("meta"):
+        autoencoder = ComfyAutoencoder(cfg)
+    part = checkpoint.vae
+    autoencoder.load_state_dict({k: part[k] for k in part.keys()}, strict=True, assign=True)
+    return ComfyVAE(autoencoder)
