@@ -318,8 +318,9 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
     for eta > 0 too, as in the reference). The reference extra_samplers.py defines a variant with
     phi_2 = e^-h - 1 + h, but the `sample_ttm_jvp` it registers is the one imported from
     other_samplers/sample_ttm.py with h_eta: that one is reproduced.
-    D' comes from `torch.func.jvp` (one forward + one JVP per step). ComfyUI's wrapped models often do
-    not support forward-mode AD: `derivative="auto"` then switches, once, to a forward difference with
+    D' comes from `torch.func.jvp` (one forward + one JVP per step). Many models do not support
+    forward-mode AD (in torch 2.14 the fused scaled_dot_product_attention kernels of the U-Nets have no
+    forward-mode formula; ComfyUI's wrappers add more): `derivative="auto"` then switches, once, to a forward difference with
     step delta = h/2 in lambda (one extra model call); its O(h) error in D' meets a coefficient
     O(h^2), so the method stays second order and works in half precision (a tiny delta would not).
     `derivative="jvp"` raises a clear error instead; "finite_difference" always uses the difference.
@@ -347,7 +348,7 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
         denoised_prime = None
         if use_jvp:
             try:
-                denoised_prime = denoised_derivative_jvp(model, x, sigmas[i].to(x.dtype), denoised, s_in, extra_args)
+                denoised_prime = denoised_derivative_jvp(model, x, sigmas[i].to(x), denoised, s_in, extra_args)
             except JVP_UNSUPPORTED as err:
                 if derivative == "jvp":
                     raise RuntimeError(

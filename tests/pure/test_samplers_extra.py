@@ -415,3 +415,19 @@ def test_dualsde_stage_fraction_follows_the_reference_shadowing():
     stages = spy.sigmas[1::2]
     expected = [s[i] * math.exp(-(0.3 if i < 2 else h[0] / h[1]) * h[i]) for i in range(4)]
     assert stages == pytest.approx(expected, rel=1e-12)
+
+
+def test_ttm_falls_back_for_attention_models():
+    """The fused kernels of scaled_dot_product_attention (the U-Nets' attention) have no forward-mode AD
+    (torch 2.14 raises NotImplementedError): 'jvp' gives the clear error, 'auto' runs the finite difference."""
+    base = GaussianDenoiser(MU, S)
+
+    def model(x, sigma, **kw):
+        tokens = x.flatten(2).transpose(1, 2)[:, None].contiguous()  # b heads=1 (h w) c: the fused kernel
+        attended = torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        return base(x, sigma) + 1e-3 * attended[:, 0].transpose(1, 2).reshape(x.shape)
+
+    x, sigmas = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 10, geometric(4, 10.0, 0.1).float()
+    with pytest.raises(RuntimeError, match="forward-mode"):
+        extra.sample_ttm(model, x, sigmas, eta=0.0, derivative="jvp")
+    assert torch.equal(extra.sample_ttm(model, x, sigmas, eta=0.0), extra.sample_ttm(model, x, sigmas, eta=0.0, derivative="finite_difference"))
