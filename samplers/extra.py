@@ -318,8 +318,9 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
     for eta > 0 too, as in the reference). The reference extra_samplers.py defines a variant with
     phi_2 = e^-h - 1 + h, but the `sample_ttm_jvp` it registers is the one imported from
     other_samplers/sample_ttm.py with h_eta: that one is reproduced.
-    D' comes from `torch.func.jvp` (one forward + one JVP per step). ComfyUI's wrapped models often do
-    not support forward-mode AD: `derivative="auto"` then switches, once, to a forward difference with
+    D' comes from `torch.func.jvp` (one forward + one JVP per step). Many models do not support
+    forward-mode AD (in torch 2.14 the fused scaled_dot_product_attention kernels of the U-Nets have no
+    forward-mode formula; ComfyUI's wrappers add more): `derivative="auto"` then switches, once, to a forward difference with
     step delta = h/2 in lambda (one extra model call); its O(h) error in D' meets a coefficient
     O(h^2), so the method stays second order and works in half precision (a tiny delta would not).
     `derivative="jvp"` raises a clear error instead; "finite_difference" always uses the difference.
@@ -347,7 +348,7 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
         denoised_prime = None
         if use_jvp:
             try:
-                denoised_prime = denoised_derivative_jvp(model, x, sigmas[i].to(x.dtype), denoised, s_in, extra_args)
+                denoised_prime = denoised_derivative_jvp(model, x, sigmas[i].to(x), denoised, s_in, extra_args)
             except JVP_UNSUPPORTED as err:
                 if derivative == "jvp":
                     raise RuntimeError(
@@ -451,7 +452,10 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
     to sigma_next with x0_d = (1 - 1/(2r)) x0 + 1/(2r) x0_s; then the history term of
     `multistep_correction` over past x0_d (with h_eta = (1 + eta) h), all three updates through the momentum
     function. Kept from the reference: the history term is added on top of the already second-order stage
-    step, so even with eta = momentum = 0 the method is first order (tested).
+    step, so even with eta = momentum = 0 the method is first order (tested). Also kept: the reference's
+    one-history branch assigns `r = h_1 / h`, shadowing the option, so from the third step on the stage
+    sits at r = h_0/h_1 (the ratio of the first two steps; about 1 on usual schedules) and the option r
+    only shapes the first two steps. This sets the look users know; it is no NaN, crash or wrong sigma.
     Departures: the reference's noise ignores the seed (here seeded); r = 0 divides by zero there (here r >= 0.01).
     The final step to sigma = 0 returns x0 (the reference's Euler step to 0, the same value).
     """
@@ -462,7 +466,6 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
     noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
     s_in = s_in_like(x)
     sigma_max = max(sig)
-    fac = 1 / (2 * r)
     velocity = velocity_s = velocity_sde = None
     past_denoised, past_h = [], []
     for i in range(len(sig) - 1):
@@ -476,7 +479,7 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
             continue
         h = math.log(sigma / sigma_next)
         h_eta = h * (eta + 1)
-        sigma_s = sigma * math.exp(-r * h)
+        sigma_s, fac = sigma * math.exp(-r * h), 1 / (2 * r)
         # stage 1: ancestral first-order step to sigma_s
         sigma_down, sigma_up = ancestral_step(sigma, sigma_s, eta)
         velocity_s = momentum_update((1 - sigma_down / sigma) * denoised, velocity_s, momentum, tau)
@@ -493,6 +496,8 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
         if correction is not None:
             velocity_sde = momentum_update(correction, velocity_sde, momentum, tau)
             x = x + velocity_sde
+        if len(past_denoised) == 1:
+            r = past_h[0] / h  # the reference's `r = h_1 / h` overwrites the option r (kept, see docstring)
         if eta and sigma_up > 0:
             x = x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up
         past_denoised, past_h = [denoised_d] + past_denoised[:2], [h] + past_h[:2]

@@ -402,3 +402,32 @@ def test_other_noise_types_are_seeded(sampler_id, noise_type):
     run = lambda seed: REGISTRY[sampler_id].fn(GaussianDenoiser(MU, S), x, karras(5).float(), extra_args={"seed": seed}, noise_type=noise_type)
     first = run(4)
     assert torch.isfinite(first).all() and torch.equal(first, run(4)) and not torch.equal(first, run(5))
+
+
+def test_dualsde_stage_fraction_follows_the_reference_shadowing():
+    """Quirk kept: the reference's `r = h_1 / h` (one-history branch, step 1) overwrites the option r, so the
+    stage of step i >= 2 sits at sigma_i e^(-r' h_i) with r' = h_0/h_1; steps 0 and 1 use the option."""
+    sigmas = torch.tensor([10.0, 6.0, 3.0, 1.2, 0.5], dtype=torch.float64)
+    s = sigmas.tolist()
+    h = [math.log(a / b) for a, b in zip(s[:-1], s[1:])]
+    spy = SigmaSpy()
+    extra.sample_dpmpp_dualsde_momentumized(spy, torch.ones(2, 1, 1, 1, dtype=torch.float64) * 10, sigmas, r=0.3, extra_args={"seed": 0})
+    stages = spy.sigmas[1::2]
+    expected = [s[i] * math.exp(-(0.3 if i < 2 else h[0] / h[1]) * h[i]) for i in range(4)]
+    assert stages == pytest.approx(expected, rel=1e-12)
+
+
+def test_ttm_falls_back_for_attention_models():
+    """The fused kernels of scaled_dot_product_attention (the U-Nets' attention) have no forward-mode AD
+    (torch 2.14 raises NotImplementedError): 'jvp' gives the clear error, 'auto' runs the finite difference."""
+    base = GaussianDenoiser(MU, S)
+
+    def model(x, sigma, **kw):
+        tokens = x.flatten(2).transpose(1, 2)[:, None].contiguous()  # b heads=1 (h w) c: the fused kernel
+        attended = torch.nn.functional.scaled_dot_product_attention(tokens, tokens, tokens)
+        return base(x, sigma) + 1e-3 * attended[:, 0].transpose(1, 2).reshape(x.shape)
+
+    x, sigmas = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 10, geometric(4, 10.0, 0.1).float()
+    with pytest.raises(RuntimeError, match="forward-mode"):
+        extra.sample_ttm(model, x, sigmas, eta=0.0, derivative="jvp")
+    assert torch.equal(extra.sample_ttm(model, x, sigmas, eta=0.0), extra.sample_ttm(model, x, sigmas, eta=0.0, derivative="finite_difference"))

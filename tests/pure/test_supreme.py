@@ -3,6 +3,7 @@ enhancements off, the method selection quirks of the reference, the enhancements
 statistics of the ancestral sampler, and the departures named in the module docstring."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -52,8 +53,6 @@ def test_registry_lists_every_method_and_the_node_defaults():
     d = info.defaults()
     assert (d["centralization"], d["normalization"], d["edge_enhancement"], d["perphist"], d["substeps"]) == (0.02, 0.01, 0.05, 0.0, 2)
     assert (d["noise_modulation"], d["modulation_strength"], d["modulation_dims"], d["reversible_eta"]) == ("intensity", 2.0, 3, 1.0)
-    import inspect
-
     params = inspect.signature(info.fn).parameters
     assert all(params[name].default == o.default for name, o in options.items())
 
