@@ -41,10 +41,11 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        # in-place SiLU on the fresh GroupNorm outputs and in-place residual add on the fresh conv
+        # output: one full-size map fewer alive at a time (inference module, like ComfyUI's)
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -64,7 +65,7 @@ class AttnBlock(nn.Module):
         q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c") for f in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)
 
 
 class Downsample(nn.Module):
@@ -140,7 +141,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -170,7 +171,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class DiagonalGaussian:

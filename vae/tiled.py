@@ -194,7 +194,7 @@ def decoder_segments(vae: AutoencoderKL, granularity: str) -> list[tuple[list[St
         for block in dec.up[level].block:
             factors[len(steps)] = f
             steps.append(resnet_step(block))
-    steps.append(Step(lambda h: dec.conv_out(F.silu(dec.norm_out(h))), radius=1, scale=1))
+    steps.append(Step(lambda h: dec.conv_out(F.silu(dec.norm_out(h), inplace=True)), radius=1, scale=1))
     return _with_factors(_group(steps, granularity, boundaries), steps, factors)
 
 
@@ -244,6 +244,6 @@ def encode_tiled(vae: AutoencoderKL, image: torch.Tensor, tile: int = 512, granu
     h = image
     for steps, fin in encoder_segments(vae, granularity):
         h = run_segment(steps, h, max(1, tile // fin))
-    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h))))  # lowest resolution, global attention: whole map
+    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h)), inplace=True))  # lowest resolution, global attention: whole map
     q = DiagonalGaussian(vae.quant_conv(h))
     return q.mode() if generator is None else q.sample(generator)
