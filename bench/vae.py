@@ -93,7 +93,7 @@ def memory(size: int, ch: int, tile: int, modes: list[str]):
     for mode in modes:
         cmd = [sys.executable, __file__, "_measure", mode, "--size", str(size), "--ch", str(ch), "--tile", str(tile)]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        line = res.stdout.strip().splitlines()[-1] if res.returncode == 0 else f"failed: {res.stderr[-500:]}"
+        line = res.stdout.strip().splitlines()[-1] if res.returncode == 0 else f"{mode} failed, exit {res.returncode}: {res.stderr[-500:]}"
         print(" ", line, flush=True)
 
 

@@ -62,10 +62,23 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         height = h.shape[-2]
-        q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c") for f in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # contiguous: with a strided head dim torch's CPU SDPA falls back to the math kernel and
+        # materialises the (hw)^2 score matrix (16 GiB for a 2048^2 image's 256^2 latent)
+        q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c").contiguous() for f in (self.q, self.k, self.v))
+        out = attention(q, k, v)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height)
         return self.proj_out(out).add_(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_scores: int = 2**26) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v via `scaled_dot_product_attention`, in query chunks of at most
+    `max_scores` query-key pairs: exact (softmax is per query row) and bounded even where a backend
+    falls back to materialising the scores (head dim 512 is beyond some fused kernels)."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if n_q * n_k <= max_scores:
+        return F.scaled_dot_product_attention(q, k, v)
+    rows = max(1, max_scores // n_k)
+    return torch.cat([F.scaled_dot_product_attention(q[..., i:i + rows, :], k, v) for i in range(0, n_q, rows)], dim=-2)
 
 
 class Downsample(nn.Module):
