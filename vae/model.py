@@ -41,10 +41,11 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        # in-place SiLU on the fresh GroupNorm outputs and in-place residual add on the fresh conv
+        # output: one full-size map fewer alive at a time (inference module, like ComfyUI's)
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -61,10 +62,23 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         height = h.shape[-2]
-        q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c") for f in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # contiguous: with a strided head dim torch's CPU SDPA falls back to the math kernel and
+        # materialises the (hw)^2 score matrix (16 GiB for a 2048^2 image's 256^2 latent)
+        q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c").contiguous() for f in (self.q, self.k, self.v))
+        out = attention(q, k, v)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height)
-        return x + self.proj_out(out)
+        return self.proj_out(out).add_(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_scores: int = 2**26) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v via `scaled_dot_product_attention`, in query chunks of at most
+    `max_scores` query-key pairs: exact (softmax is per query row) and bounded even where a backend
+    falls back to materialising the scores (head dim 512 is beyond some fused kernels)."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if n_q * n_k <= max_scores:
+        return F.scaled_dot_product_attention(q, k, v)
+    rows = max(1, max_scores // n_k)
+    return torch.cat([F.scaled_dot_product_attention(q[..., i:i + rows, :], k, v) for i in range(0, n_q, rows)], dim=-2)
 
 
 class Downsample(nn.Module):
@@ -140,7 +154,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -170,7 +184,7 @@ class Decoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class DiagonalGaussian:

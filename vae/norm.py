@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 import torch
-from einops import rearrange
+from einops import repeat
 from torch import nn
 
 _PLAN: ContextVar = ContextVar("diffusion_anatomy_vae_image_statistics", default=None)
@@ -32,17 +32,22 @@ class GroupNorm(nn.GroupNorm):
 
 
 def normalize_with(gn: GroupNorm, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """(x - mean) * rstd * weight + bias with given per-(sample, group) statistics [B, G], in float32."""
-    xg = rearrange(x.float(), "b (g c) h w -> b g c h w", g=gn.num_groups)
-    y = (xg - mean[:, :, None, None, None]) * rstd[:, :, None, None, None]
-    y = rearrange(y, "b g c h w -> b (g c) h w") * gn.weight.float()[:, None, None] + gn.bias.float()[:, None, None]
-    return y.to(x.dtype)
+    """GroupNorm with given per-(sample, group) statistics [B, G]: one fused x * a + b per channel,
+    a = weight * rstd, b = bias - mean * a (computed in float32)."""
+    per_channel = lambda t: repeat(t, "b g -> b (g c) 1 1", c=x.shape[1] // gn.num_groups)
+    a = per_channel(rstd) * gn.weight.float()[:, None, None]
+    b = gn.bias.float()[:, None, None] - per_channel(mean) * a
+    return torch.addcmul(b.to(x.dtype), x, a.to(x.dtype))
 
 
 def group_moments(gn: GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sum and sum of squares of x per (sample, group), in float64, and the element count per group."""
-    xg = rearrange(x.double(), "b (g c) h w -> b g (c h w)", g=gn.num_groups)
-    return xg.sum(-1), xg.square().sum(-1), xg.shape[-1]
+    """Per (sample, group): mean and sum of squared deviations M2 of x (float64 [B, G]), and the count.
+    torch's var_mean is accurate within a window; windows are merged with Chan's formula (see tiled.py)."""
+    b, c, h, w = x.shape
+    xg = x.view(b, gn.num_groups, c // gn.num_groups, h, w)  # a view, also of a strided window
+    var, mean = torch.var_mean(xg.float(), dim=(2, 3, 4), correction=0)
+    n = xg[0, 0].numel()
+    return mean.double(), var.double() * n, n
 
 
 class image_statistics:

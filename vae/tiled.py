@@ -13,10 +13,11 @@ blending cannot remove. Here both are removed exactly:
     windows are aligned to the stride of any downsampling inside, so stride grids match.
 (2) Image-wide GroupNorm statistics, gathered in passes. A GroupNorm's statistics depend on the
     previous GroupNorms' statistics, so they are gathered in order: pass p runs every tile up to the
-    p-th GroupNorm (using the p-1 image-wide statistics already known), adds the sum and sum of
-    squares (float64) of that GroupNorm's input over the tile's own window, and stops there; the
-    totals give mean and variance, var = E[x^2] - E[x]^2, exactly the numbers the untiled GroupNorm
-    computes. The last pass normalises every GroupNorm with image-wide statistics and writes output.
+    p-th GroupNorm (using the p-1 image-wide statistics already known), adds that GroupNorm's input
+    over the tile's own window to running per-group statistics, and stops there. The running
+    statistics are the sum and sum of squares in their stable form (count, mean, sum of squared
+    deviations, merged in float64 with Chan et al.'s formula), so they give the mean and variance the
+    untiled GroupNorm computes. The last pass normalises every GroupNorm with image-wide statistics and writes output.
 
 Memory and time. The network is cut into segments; a segment's input and output are held as whole
 feature maps and the segment runs tile by tile, in (number of GroupNorms in it + 1) passes, each
@@ -70,22 +71,29 @@ def downsample_step(down) -> Step:
 
 @dataclass
 class _Window:
-    """Per (sample, group) running sums of one GroupNorm's input over all tiles' own windows."""
+    """Per (sample, group) running count, mean and sum of squared deviations M2 of one GroupNorm's
+    input over the tiles' own windows, merged with Chan, Golub & LeVeque's pairwise formula (1979):
+    M2 = M2_a + M2_b + (mean_b - mean_a)^2 n_a n_b / n, which is the sum / sum-of-squares accumulation
+    without its cancellation (E[x^2] - E[x]^2 loses digits when |mean| >> std)."""
 
-    total: torch.Tensor | None = None
-    total_sq: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
     count: int = 0
     eps: float = 0.0
 
-    def add(self, s: torch.Tensor, ss: torch.Tensor, n: int):
-        self.total = s if self.total is None else self.total + s
-        self.total_sq = ss if self.total_sq is None else self.total_sq + ss
-        self.count += n
+    def add(self, mean: torch.Tensor, m2: torch.Tensor, n: int):
+        if self.mean is None:
+            self.mean, self.m2, self.count = mean, m2, n
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
+        self.count = total
 
     def mean_rstd(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        var = (self.total_sq / self.count - mean.square()).clamp_min(0.0)  # biased, as GroupNorm's
-        return mean.float(), torch.rsqrt(var + self.eps).float()
+        var = self.m2 / self.count  # biased, as GroupNorm's
+        return self.mean.float(), torch.rsqrt(var + self.eps).float()
 
 
 class _TilePass:
@@ -194,7 +202,7 @@ def decoder_segments(vae: AutoencoderKL, granularity: str) -> list[tuple[list[St
         for block in dec.up[level].block:
             factors[len(steps)] = f
             steps.append(resnet_step(block))
-    steps.append(Step(lambda h: dec.conv_out(F.silu(dec.norm_out(h))), radius=1, scale=1))
+    steps.append(Step(lambda h: dec.conv_out(F.silu(dec.norm_out(h), inplace=True)), radius=1, scale=1))
     return _with_factors(_group(steps, granularity, boundaries), steps, factors)
 
 
@@ -244,6 +252,6 @@ def encode_tiled(vae: AutoencoderKL, image: torch.Tensor, tile: int = 512, granu
     h = image
     for steps, fin in encoder_segments(vae, granularity):
         h = run_segment(steps, h, max(1, tile // fin))
-    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h))))  # lowest resolution, global attention: whole map
+    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h)), inplace=True))  # lowest resolution, global attention: whole map
     q = DiagonalGaussian(vae.quant_conv(h))
     return q.mode() if generator is None else q.sample(generator)

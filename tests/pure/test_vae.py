@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_anatomy.vae import config as vc
-from diffusion_anatomy.vae.model import AttnBlock, AutoencoderKL, DiagonalGaussian
+from diffusion_anatomy.vae.model import AttnBlock, AutoencoderKL, DiagonalGaussian, attention
 from diffusion_anatomy.vae.norm import GroupNorm
 from diffusion_anatomy.vae.tiled import decode_tiled, encode_tiled
 
@@ -107,6 +107,13 @@ def test_attention_is_single_head_softmax_over_pixels():
     out = torch.einsum("bij,bcj->bci", w, v).reshape(x.shape)
     expected = x + block.proj_out(out)
     torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_attention_in_query_chunks_is_exact():
+    q, k, v = torch.randn(3, 2, 1, 15, 8, dtype=torch.float64).unbind(0)
+    whole = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(attention(q, k, v, max_scores=4 * 15), whole, rtol=1e-14, atol=1e-14)  # 4 rows a chunk
+    torch.testing.assert_close(attention(q, k, v, max_scores=1), whole, rtol=1e-14, atol=1e-14)  # 1 row a chunk
 
 
 def test_posterior_sample_statistics_and_determinism():
