@@ -96,11 +96,11 @@ class TextTower(nn.Module):
         if eos_index is None:
             eos_index = len(sequence) - 1
         sequence += [pad] * max(dropped, 0)
-        is_vector = torch.tensor([isinstance(t, torch.Tensor) for t in sequence], device=w.device)
+        at = [i for i, t in enumerate(sequence) if isinstance(t, torch.Tensor)]  # Python lists: no device syncs
         ids = torch.tensor([0 if isinstance(t, torch.Tensor) else t for t in sequence], device=w.device)
         x = self.transformer.token_embedding(ids)
-        if is_vector.any():
-            x[is_vector] = torch.stack([t for t in sequence if isinstance(t, torch.Tensor)]).to(x)
+        if at:
+            x[at] = torch.stack([sequence[i] for i in at]).to(x)
         return x, eos_index
 
     def forward(self, chunks: list[Chunk], layer: int | None = None, project_pooled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,6 @@
 float64 throughout, so the tolerances are round-off of a few layers (1e-10 relative).
 """
 import math
-from dataclasses import replace
 
 import pytest
 import torch
