@@ -37,6 +37,7 @@ class TowerSpec:
     norm_hidden: bool  # final_layer_norm on that output
     checkpoint_prefix: str  # where the tower sits in an LDM checkpoint
     openclip_layout: bool  # stored with OpenCLIP names (resblocks, in_proj_weight)
+    other_prefixes: tuple[str, ...] = ()  # other layouts seen in the wild (first one present wins)
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,20 @@ class TextEncoderConfig:
     towers: tuple[tuple[str, TowerSpec], ...]
 
 
-SD1 = TextEncoderConfig((("l", TowerSpec(VIT_L_14, SD1_CHUNKS, -1, True, "cond_stage_model.transformer.", False)),))
-SD2 = TextEncoderConfig((("h", TowerSpec(OPENCLIP_VIT_H, OPENCLIP_CHUNKS, -2, True, "cond_stage_model.model.", True)),))
+SD1 = TextEncoderConfig((
+    ("l", TowerSpec(VIT_L_14, SD1_CHUNKS, layer=-1, norm_hidden=True,
+                    checkpoint_prefix="cond_stage_model.transformer.", openclip_layout=False)),
+))
+SD2 = TextEncoderConfig((
+    ("h", TowerSpec(OPENCLIP_VIT_H, OPENCLIP_CHUNKS, layer=-2, norm_hidden=True,
+                    checkpoint_prefix="cond_stage_model.model.", openclip_layout=True,
+                    other_prefixes=("conditioner.embedders.0.model.",))),  # SD2 saved by sgm
+))
 SDXL = TextEncoderConfig((
-    ("l", TowerSpec(VIT_L_14, SD1_CHUNKS, -2, False, "conditioner.embedders.0.transformer.", False)),
-    ("g", TowerSpec(OPENCLIP_BIGG, OPENCLIP_CHUNKS, -2, False, "conditioner.embedders.1.model.", True)),
+    ("l", TowerSpec(VIT_L_14, SD1_CHUNKS, layer=-2, norm_hidden=False,
+                    checkpoint_prefix="conditioner.embedders.0.transformer.", openclip_layout=False)),
+    ("g", TowerSpec(OPENCLIP_BIGG, OPENCLIP_CHUNKS, layer=-2, norm_hidden=False,
+                    checkpoint_prefix="conditioner.embedders.1.model.", openclip_layout=True)),
 ))
 
 
@@ -86,11 +96,11 @@ class TextTower(nn.Module):
         if eos_index is None:
             eos_index = len(sequence) - 1
         sequence += [pad] * max(dropped, 0)
-        is_vector = torch.tensor([isinstance(t, torch.Tensor) for t in sequence], device=w.device)
+        at = [i for i, t in enumerate(sequence) if isinstance(t, torch.Tensor)]  # Python lists: no device syncs
         ids = torch.tensor([0 if isinstance(t, torch.Tensor) else t for t in sequence], device=w.device)
         x = self.transformer.token_embedding(ids)
-        if is_vector.any():
-            x[is_vector] = torch.stack([t for t in sequence if isinstance(t, torch.Tensor)]).to(x)
+        if at:
+            x[at] = torch.stack([sequence[i] for i in at]).to(x)
         return x, eos_index
 
     def forward(self, chunks: list[Chunk], layer: int | None = None, project_pooled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,15 +171,19 @@ class TextEncoder(nn.Module):
 def text_encoder_state_dict(checkpoint: Mapping[str, torch.Tensor], config: TextEncoderConfig) -> dict[str, torch.Tensor]:
     """`TextEncoder` keys from an LDM checkpoint: prefixes swapped, OpenCLIP towers renamed.
 
-    Very old SD1 files lack the `text_model.` level; `position_ids` buffers are dropped."""
+    Very old SD1 files lack the `text_model.` level; `position_ids` buffers are dropped, and so is a
+    `text_projection` that a tower without one does not use (ComfyUI ignores it too)."""
     out = {}
     for name, spec in config.towers:
-        prefix = spec.checkpoint_prefix
+        prefixes = (spec.checkpoint_prefix, *spec.other_prefixes)
+        prefix = next((p for p in prefixes if any(k.startswith(p) for k in checkpoint)), spec.checkpoint_prefix)
         sd = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
         if spec.openclip_layout:
             sd = openclip_to_clip_keys(sd, spec.clip.layers)
         else:
             sd = {(k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}"): v for k, v in sd.items()}
             sd.pop("text_model.embeddings.position_ids", None)
+        if spec.clip.projection_dim is None:
+            sd.pop("text_projection.weight", None)
         out.update({f"clip_{name}.transformer.{k}": v for k, v in sd.items()})
     return out

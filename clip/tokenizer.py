@@ -223,7 +223,7 @@ def unescape_brackets(text: str) -> str:
 
 def split_parentheses(text: str) -> list[str]:
     """Top-level pieces: each outermost `( ... )` group (brackets kept) and the text between.
-    An unmatched `)` closes nothing: depth goes negative and the text continues (as in ComfyUI)."""
+    An unmatched `)` sends the depth negative, so brackets after it are plain text too (as in ComfyUI)."""
     pieces, current, depth = [], "", 0
     for ch in text:
         if ch == "(":

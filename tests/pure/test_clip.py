@@ -7,7 +7,6 @@
 float64 throughout, so the tolerances are round-off of a few layers (1e-10 relative).
 """
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -258,8 +257,12 @@ def test_checkpoint_keys_for_every_preset():
         got = {k: v.shape for k, v in text_encoder_state_dict(checkpoint, config).items()}
         assert got == expected
     old = {k.replace("text_model.", ""): v for k, v in TextEncoder(SD1, device="meta").clip_l.transformer.state_dict().items()}
+    old["text_projection.weight"] = torch.zeros(768, 768)  # unused by SD1: dropped
     got = text_encoder_state_dict({"cond_stage_model.transformer." + k: v for k, v in old.items()}, SD1)
     assert set(got) == set(TextEncoder(SD1, device="meta").state_dict())
+    sgm = {"conditioner.embedders.0.model." + k: v for k, v in
+           clip_to_openclip(TextEncoder(SD2, device="meta").clip_h.transformer.state_dict(), SD2.towers[0][1].clip).items()}
+    assert set(text_encoder_state_dict(sgm, SD2)) == set(TextEncoder(SD2, device="meta").state_dict())
 
 
 def clip_to_openclip(sd, cfg):
