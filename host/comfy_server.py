@@ -46,8 +46,8 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
 
     @classmethod
-    def start(cls, work: Path, port: int | None = None, checkpoints: list[Path] = (), gpu: bool = False,
-              timeout: float = 180.0) -> "ComfyServer":
+    def start(cls, work: Path, port: int | None = None, checkpoints: list[Path] = (), loras: list[Path] = (),
+              gpu: bool = False, timeout: float = 180.0) -> "ComfyServer":
         comfy_dir = hostenv.comfyui_dir()
         if not (comfy_dir / "main.py").is_file():
             raise RuntimeError(f"no ComfyUI at {comfy_dir}: run host/install.sh (or set COMFYUI_PATH)")
@@ -55,17 +55,17 @@ class ComfyServer:
         if port_in_use(port):
             raise RuntimeError(f"port {port} on 127.0.0.1 is already in use; choose another (--port)")
         work = Path(work).resolve()
-        for sub in ("output", "input", "temp", "user", "custom_nodes", "models/checkpoints"):
+        for sub in ("output", "input", "temp", "user", "custom_nodes", "models/checkpoints", "models/loras"):
             (work / sub).mkdir(parents=True, exist_ok=True)
         link = work / "custom_nodes" / PACK_FOLDER
         if not link.exists():
             link.symlink_to(hostenv.REPO, target_is_directory=True)
-        ckpt_dirs = [work / "models/checkpoints", *map(Path, checkpoints)]
+        folders = {"checkpoints": [work / "models/checkpoints", *checkpoints], "loras": [work / "models/loras", *loras]}
         yaml = work / "extra_model_paths.yaml"
         yaml.write_text(
             "diffusion_anatomy:\n"
             f"  custom_nodes: {work / 'custom_nodes'}\n"
-            "  checkpoints: |\n" + "".join(f"    {Path(d).resolve()}\n" for d in ckpt_dirs)
+            + "".join(f"  {kind}: |\n" + "".join(f"    {Path(d).resolve()}\n" for d in dirs) for kind, dirs in folders.items())
         )
         log = work / "comfyui.log"
         cmd = [hostenv.python(), str(comfy_dir / "main.py"), "--listen", "127.0.0.1", "--port", str(port),

@@ -1,6 +1,6 @@
 """Turn an API-format graph into an editor (UI-format) workflow, using a live server's /object_info.
 
-    .host/venv/bin/python host/ui_workflow.py workflows/api/NAME.json workflows/NAME.json [--title T]
+    .host/venv/bin/python host/ui_workflow.py workflows/api/*.json   # writes workflows/NAME.json for each
 
 Starts a ComfyUI with the pack (or uses --url), reads each node's definition to order widget values
 and name slots, lays the nodes out left to right by depth, and writes the UI JSON that the graph
@@ -100,16 +100,17 @@ def main() -> None:
     from comfy_server import ComfyServer
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("api", type=Path)
-    ap.add_argument("ui", type=Path)
+    ap.add_argument("api", type=Path, nargs="+", help="API-format graphs (workflows/api/*.json)")
     args = ap.parse_args()
     server = ComfyServer.start(Path(tempfile.mkdtemp()))
     try:
-        ui = to_ui(json.loads(args.api.read_text()), server.get("/object_info"))
+        info = server.get("/object_info")
     finally:
         server.stop()
-    args.ui.write_text(json.dumps(ui, indent=1) + "\n")
-    print(f"wrote {args.ui}")
+    for api in args.api:
+        ui_path = api.resolve().parents[1] / api.name
+        ui_path.write_text(json.dumps(to_ui(json.loads(api.read_text()), info), indent=1) + "\n")
+        print(f"wrote {ui_path}")
 
 
 if __name__ == "__main__":

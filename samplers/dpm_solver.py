@@ -225,6 +225,8 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
             x_high = dpm_solver_3(eps_fn, x, s, t_down, eps, eps_1)
         delta = torch.maximum(x_low.new_tensor(atol), rtol * torch.maximum(x_low.abs(), x_prev.abs()))
         error = float(torch.linalg.norm((x_low - x_high) / delta)) / math.sqrt(x.numel())
+        if not math.isfinite(error):  # NaN/inf from the model: no step size helps; run_sampler reports it
+            return x_high
         inv_error = 1 / (error + 1e-8)
         inv_errors = [inv_error] * 3 if not inv_errors else [inv_error, *inv_errors[1:]]
         factor = pid_step_factor(inv_errors, pcoeff, icoeff, dcoeff, controller_order)

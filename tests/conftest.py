@@ -44,8 +44,8 @@ def server(tmp_path_factory):
 
     from support.checkpoints import FIXTURES
 
-    FIXTURES.mkdir(parents=True, exist_ok=True)  # generated checkpoints land here; the server lists them
-    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES])
+    (FIXTURES / "loras").mkdir(parents=True, exist_ok=True)  # generated models land here; the server lists them
+    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES], loras=[FIXTURES / "loras"])
     yield srv
     srv.stop()
 

@@ -141,6 +141,11 @@ def test_short_schedules(sampler_id, sigmas):
     model, payloads = Recorder(), []
     out = run(sampler_id, model, start_noise(float(sigmas[0])), sigmas, callback=payloads.append)
     assert out.shape == SHAPE and torch.isfinite(out).all()
+    if sampler_id == "dpm_adaptive" and float(sigmas[-1]) == 0.0 and len(sigmas) == 2:
+        # DPM-Adaptive integrates from sigma_max down to the last nonzero sigma, as core's
+        # ksampler() wrapper does: with one nonzero sigma there is nothing to integrate.
+        assert len(model.sigmas) == 0 and torch.equal(out, start_noise(float(sigmas[0])))
+        return
     assert len(model.sigmas) >= 1
     if sampler_id not in OWN_GRID:
         assert len(payloads) == len(sigmas) - 1
@@ -185,6 +190,8 @@ def test_batch_samples_are_independent(sampler_id):
     assert batch.shape == x.shape and torch.isfinite(batch).all()
     if REGISTRY[sampler_id].stochastic:
         return  # noise is drawn for the whole batch at once: only shapes compare
+    if sampler_id == "dpm_adaptive":
+        return  # one step size for the batch, from the error norm over all of it (as core): coupled by design
     single = torch.cat([run(sampler_id, Recorder(), x[k : k + 1], sigmas) for k in range(3)])
     torch.testing.assert_close(batch, single, rtol=1e-10, atol=1e-12)
 

@@ -74,3 +74,35 @@ def test_seed_and_prompt_change_the_image(server, sd15):
     a = image(server, pack_graph(sd15, "euler", "karras", steps=3, seed=7))
     b = image(server, pack_graph(sd15, "euler", "karras", steps=3, seed=8))
     assert np.abs(a - b).mean() > 5
+
+
+@pytest.mark.parametrize("sampler,options", [
+    ("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 1.0}),  # Brownian-tree noise, seeded like core's
+    ("euler_ancestral", {"eta": 1.0, "s_noise": 1.0}),
+    ("uni_pc", {}),
+])
+def test_pack_sampler_node_in_core_sampler_custom_gives_cores_image(server, sd15, sampler, options):
+    ours = core_graph(sd15, sampler, "karras", steps=3, seed=11)
+    ours["sampler"] = {"class_type": f"DiffusionAnatomySampler_{sampler}", "inputs": options}
+    ours["save"]["inputs"]["filename_prefix"] = f"packsampler_{sampler}"
+    a, b = image(server, ours), image(server, core_graph(sd15, sampler, "karras", steps=3, seed=11))
+    assert a.std() > 10 and np.abs(a - b).max() <= 1, f"max pixel difference {np.abs(a - b).max()}"
+
+
+def with_lora(graph: dict, lora: str, strength: float = 1.0) -> dict:
+    graph["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["ckpt", 0], "lora_name": lora, "strength_model": strength}}
+    for node in graph.values():
+        if node["inputs"].get("model") == ["ckpt", 0] and node is not graph["lora"]:
+            node["inputs"]["model"] = ["lora", 0]
+    return graph
+
+
+def test_core_lora_loader_patches_our_unet_as_it_patches_cores(server, sd15):
+    from support.checkpoints import sd15_lora
+
+    lora = sd15_lora("test_lora", seed=3, scale=0.5).name
+    plain = image(server, pack_graph(sd15, "euler", "karras", steps=3, seed=5))
+    ours = image(server, with_lora(pack_graph(sd15, "euler", "karras", steps=3, seed=5), lora))
+    core = image(server, with_lora(core_graph(sd15, "euler", "karras", steps=3, seed=5), lora))
+    assert np.abs(ours - plain).mean() > 2  # the LoRA reaches our U-Net's weights ...
+    assert np.abs(ours - core).max() <= 1  # ... exactly as it reaches core's

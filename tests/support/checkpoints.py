@@ -259,3 +259,28 @@ def tiny_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping
 
 def names(keys: Iterable[str], prefix: str) -> set[str]:
     return {k[len(prefix):] for k in keys if k.startswith(prefix)}
+
+
+def sd15_lora(name: str, seed: int = 0, scale: float = 0.5, nan: bool = False) -> Path:
+    """A small LoRA (rank 4) for the SD1.5 U-Net's attention projections, in kohya's key format.
+
+    `lora_unet_<module path with _>.lora_down/.lora_up/.alpha` for every q/k/v/out projection of
+    the first transformer block: the keys core's LoraLoader maps onto `diffusion_model.*`. With
+    `nan=True` its weights are NaN (a broken file, for error-handling tests).
+    """
+    path = FIXTURES / "loras" / f"{name}.safetensors"
+    if path.is_file():
+        return path
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    block = "input_blocks_1_1_transformer_blocks_0"
+    for attn, proj, dim_in in [("attn1", "to_q", 320), ("attn1", "to_k", 320), ("attn1", "to_v", 320),
+                               ("attn2", "to_q", 320), ("attn2", "to_k", 768), ("attn2", "to_v", 768),
+                               ("attn1", "to_out_0", 320), ("attn2", "to_out_0", 320)]:
+        key = f"lora_unet_{block}_{attn}_{proj}"
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, dim_in, generator=gen) * scale
+        tensors[f"{key}.lora_up.weight"] = torch.randn(320, 4, generator=gen) * scale
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+        if nan:
+            tensors[f"{key}.lora_up.weight"].fill_(float("nan"))
+    return tiny_file(path, tensors)
