@@ -1,4 +1,10 @@
-"""Start ComfyUI with the pack, queue a bundled API-format workflow, print where the image went."""
+"""Start ComfyUI with the pack, queue a bundled API-format workflow, print where the image went.
+
+By default it queues workflows/api/text_to_image.json. Name a checkpoint with --checkpoint FILE
+(any SD1.x/SD2.x/SDXL single-file .safetensors); without one, a seeded random-weights SD1.5
+checkpoint is generated once (the whole graph runs, the picture is noise-like: it shows the
+pipeline works, not what a trained model draws).
+"""
 from __future__ import annotations
 
 import argparse
@@ -11,36 +17,82 @@ from pathlib import Path
 import hostenv
 from comfy_server import ComfyError, ComfyServer
 
-DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "sigma_plot.json"
+DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "text_to_image.json"
+
+
+def demo_checkpoint() -> Path:
+    """The random-weights SD1.5 checkpoint of the test suite (generated once, cached under .cache/)."""
+    sys.path.insert(0, str(hostenv.REPO / "tests"))
+    import conftest  # noqa: F401  (makes the pack importable as `diffusion_anatomy`)
+    from support.checkpoints import FIXTURES, sd15_random_checkpoint
+    from support.inprocess import load_comfy
+
+    if not (FIXTURES / "sd15_random_0.safetensors").is_file():
+        print("[run] generating the random-weights SD1.5 demo checkpoint (once, about a minute)")
+    return sd15_random_checkpoint(load_comfy(hostenv.comfyui_dir()))
+
+
+def customise(graph: dict, ckpt_name: str, steps: int | None, size: int | None, prompt: str | None) -> dict:
+    for node in graph.values():
+        inputs = node["inputs"]
+        if "ckpt_name" in inputs:
+            inputs["ckpt_name"] = ckpt_name
+        if steps is not None and "steps" in inputs:
+            inputs["steps"] = steps
+        if size is not None:
+            for key in ("width", "height"):
+                if key in inputs:
+                    inputs[key] = size
+        if prompt is not None and node.get("_meta", {}).get("title") == "Positive prompt":
+            inputs["text"] = prompt
+    return graph
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW, help="API-format graph to queue")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW, help="API-format graph to queue (default: text_to_image)")
+    ap.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint to use (default: the random-weights demo)")
+    ap.add_argument("--prompt", help="replace the positive prompt")
+    ap.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; 4 for the demo checkpoint)")
+    ap.add_argument("--size", type=int, help="image width and height in pixels (default: the workflow's; 64 for the demo)")
     ap.add_argument("--port", type=int, default=8188, help="loopback port for ComfyUI (default 8188)")
     ap.add_argument("--work", type=Path, default=hostenv.host_dir() / "run", help="folder for output/input/temp/user")
-    ap.add_argument("--checkpoints", type=Path, action="append", default=[], help="extra folder of .safetensors checkpoints")
     ap.add_argument("--gpu", action="store_true", help="let ComfyUI use a GPU (default: --cpu)")
     ap.add_argument("--serve", action="store_true", help="keep ComfyUI running after the image is written (Ctrl-C stops it)")
     args = ap.parse_args()
 
-    graph = json.loads(args.workflow.read_text())
+    if args.checkpoint is not None:
+        checkpoint = args.checkpoint.resolve()
+        if not checkpoint.is_file():
+            print(f"[run] no such checkpoint file: {checkpoint}", file=sys.stderr)
+            return 1
+    else:
+        checkpoint = demo_checkpoint()
+        print("[run] no --checkpoint named: using the random-weights SD1.5 demo checkpoint (expect a noise-like picture)")
+        args.steps = args.steps or 4
+        args.size = args.size or 64
+    graph = customise(json.loads(args.workflow.read_text()), checkpoint.name, args.steps, args.size, args.prompt)
+
     t0 = time.monotonic()
     try:
-        server = ComfyServer.start(args.work, port=args.port, checkpoints=args.checkpoints, gpu=args.gpu)
+        server = ComfyServer.start(args.work, port=args.port, checkpoints=[checkpoint.parent], gpu=args.gpu)
     except RuntimeError as e:
         print(f"[run] {e}", file=sys.stderr)
         return 1
     try:
         print(f"[run] ComfyUI with Diffusion Anatomy is up at {server.url} ({time.monotonic() - t0:.1f} s); queueing {args.workflow.name}")
-        outputs = server.run(graph)
-        files = server.output_files(outputs)
+        files = server.output_files(server.run(graph))
         for f in files:
             print(f"[run] image written: {f}")
-        print(f"[run] done in {time.monotonic() - t0:.1f} s. UI: {server.url}")
+        print(f"[run] done in {time.monotonic() - t0:.1f} s. UI: {server.url}" + ("" if args.serve else " (use --serve to keep it running)"))
         if args.serve:
             print("[run] serving; Ctrl-C stops ComfyUI")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            try:
+                while server.process.poll() is None:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
         return 0 if files else 1
     except ComfyError as e:
         print(f"[run] ComfyUI refused or failed the workflow:\n{e}", file=sys.stderr)

@@ -38,6 +38,14 @@ def comfy():
 
 
 @pytest.fixture(scope="session")
+def sd15(comfy) -> str:
+    """File name of the seeded random SD1.5 checkpoint (full shapes, LDM layout), generated once."""
+    from support.checkpoints import sd15_random_checkpoint
+
+    return sd15_random_checkpoint(comfy).name
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real ComfyUI server with the pack loaded, for the whole run."""
     from comfy_server import ComfyServer

@@ -4,15 +4,10 @@ from __future__ import annotations
 import pytest
 
 from comfy_server import ComfyError
-from support.checkpoints import sd15_lora, sd15_random_checkpoint
-from test_text_to_image import image, pack_graph
+from support.checkpoints import sd15_lora
+from support.graphs import image, pack_graph
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def sd15(comfy) -> str:
-    return sd15_random_checkpoint(comfy).name
 
 
 def fast(ckpt: str, **changes) -> dict:

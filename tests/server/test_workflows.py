@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from comfy_server import PACK_FOLDER
-from support.checkpoints import sd15_random_checkpoint
 
 pytestmark = pytest.mark.server
 
@@ -19,11 +18,6 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 API = sorted((WORKFLOWS / "api").glob("*.json"))
 UI = sorted(WORKFLOWS.glob("*.json"))
 FAST = {"steps": 3, "width": 64, "height": 64}  # CPU-sized versions of the bundled graphs
-
-
-@pytest.fixture(scope="module")
-def sd15(comfy) -> str:
-    return sd15_random_checkpoint(comfy).name
 
 
 def fast_version(graph: dict, ckpt: str) -> dict:
