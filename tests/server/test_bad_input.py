@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from comfy_server import ComfyError
 from support.checkpoints import sd15_lora
@@ -63,8 +64,14 @@ def test_empty_schedule_reaches_the_denoise_node(server, sd15):
 
 
 def test_latent_of_another_model_family(server, sd15):
+    """A saved 16-channel (SD3-style) latent loaded into an SD1.5 graph. (An *empty* latent of another
+    family would be silently reshaped by ComfyUI's fix_empty_latent_channels, as core does.)"""
+    from safetensors.torch import save_file
+
+    save_file({"latent_tensor": torch.ones(1, 16, 8, 8), "latent_format_version_0": torch.tensor([])},
+              str(server.work / "input" / "sd3_style.latent"))
     graph = fast(sd15)
-    graph["latent"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graph["latent"] = {"class_type": "LoadLatent", "inputs": {"latent": "sd3_style.latent"}}
     expect_error(server, graph, "DiffusionAnatomyUNetDenoise", "16 channels", "4-channel")
     then_a_good_prompt_runs(server, sd15)
 

@@ -64,3 +64,17 @@ def test_bad_input_is_reported_and_server_keeps_serving(server):
         server.run(bad)
     bad["2"]["inputs"]["width"] = 128
     assert len(server.output_files(server.run(bad))) == 1
+
+
+def test_readme_lists_every_hand_written_node(server):
+    """Generated nodes (one per sampler/schedule) are covered by the README's generated tables."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for node_id, info in pack_nodes(server.get("/object_info")).items():
+        if node_id.startswith("DiffusionAnatomySampler_"):
+            assert f"| {info['display_name']} | `{node_id.split('_', 1)[1]}` |" in readme, node_id
+        elif node_id.startswith("DiffusionAnatomySchedule_"):
+            assert f"| `{node_id.split('_', 1)[1]}` |" in readme, node_id
+        else:
+            assert f"| {info['display_name']} |" in readme, f"README's node table lacks {info['display_name']}"
