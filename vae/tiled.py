@@ -30,9 +30,11 @@ pass recomputing the segment's prefix. Granularity chooses the trade-off:
       each of its 7 passes.
   "block": a segment per ResnetBlock (the upsample/downsample and the head fused into a neighbour):
       about 2x the untiled time, holding two full-resolution maps.
-  Measured (bench/vae.py, CPU fp32, 2 shared cores, tile 512, decode to 2048^2 with every width
-  divided by 4, ch=32): extra peak RSS untiled 2653 MiB / 75 s, "block" 1291 MiB / 166 s,
-  "level" 729 MiB / 475 s. Activation memory scales with the widths, so the SD shapes need ~4x.
+  Measured extra peak RSS of one decode (bench/vae.py, CPU fp32, tile 512; 2 cores shared with
+  other jobs, so the seconds are rough): to 2048^2 with every width divided by 4 (ch=32): untiled
+  2653 MiB / 75 s, "block" 1291 MiB / 166 s, "level" 729 MiB / 475 s; SD shapes to 1024^2:
+  untiled 2596 MiB, "block" 1848 MiB, "level" 1249 MiB (2 x 2 tiles, so tile temporaries
+  dominate). Activation memory is linear in widths and area: SD untiled at 2048^2 is ~10.4 GiB.
 Global parts run untiled: the middle block's self-attention mixes every pixel with every other, so
 it (with conv_in/post_quant_conv, and in the encoder norm_out/conv_out/quant_conv) runs on the
 whole lowest-resolution map, which is 64x smaller in area than the image (512 x 256 x 256 at 2048^2,
