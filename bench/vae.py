@@ -35,14 +35,17 @@ from diffusion_anatomy.vae.model import AutoencoderKL  # noqa: E402
 from diffusion_anatomy.vae.tiled import decode_tiled  # noqa: E402
 
 
-def median_seconds(fn, runs: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitives)
-    times = []
+def median_seconds(fns: dict, runs: int) -> dict:
+    """Median wall time of each callable; runs interleaved so that load changes hit all alike."""
+    for fn in fns.values():
+        fn()  # warm-up (allocator, oneDNN primitives)
+    times = {name: [] for name in fns}
     for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def speed(latent: int, runs: int):
@@ -56,11 +59,12 @@ def speed(latent: int, runs: int):
     theirs = comfy.sd.VAE(sd=ours.state_dict(), dtype=torch.float32).first_stage_model.eval()
     z = torch.randn(1, 4, latent, latent)
     with torch.no_grad():
-        err = ((ours.decode(z) - theirs.decode(z)).abs().max() / theirs.decode(z).abs().max()).item()
-        t_ours = median_seconds(lambda: ours.decode(z), runs)
-        t_theirs = median_seconds(lambda: theirs.decode(z), runs)
+        ref = theirs.decode(z)
+        err = ((ours.decode(z) - ref).abs().max() / ref.abs().max()).item()
+        t = median_seconds({"ours": lambda: ours.decode(z), "theirs": lambda: theirs.decode(z)}, runs)
+    t_ours, t_theirs = t["ours"], t["theirs"]
     print(f"decode {latent}x{latent} latent -> {8 * latent}x{8 * latent}, SD shapes, fp32, CPU, "
-          f"{torch.get_num_threads()} threads, median of {runs}")
+          f"{torch.get_num_threads()} threads, median of {runs} interleaved")
     print(f"  ours    {t_ours:8.3f} s")
     print(f"  ComfyUI {t_theirs:8.3f} s   (its VAE attention: "
           f"{theirs.decoder.mid.attn_1.optimized_attention.__name__})")

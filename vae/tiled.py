@@ -17,22 +17,29 @@ blending cannot remove. Here both are removed exactly:
     over the tile's own window to running per-group statistics, and stops there. The running
     statistics are the sum and sum of squares in their stable form (count, mean, sum of squared
     deviations, merged in float64 with Chan et al.'s formula), so they give the mean and variance the
-    untiled GroupNorm computes. The last pass normalises every GroupNorm with image-wide statistics and writes output.
+    untiled GroupNorm computes. The last pass normalises every GroupNorm with image-wide
+    statistics and writes the output.
 
 Memory and time. The network is cut into segments; a segment's input and output are held as whole
 feature maps and the segment runs tile by tile, in (number of GroupNorms in it + 1) passes, each
 pass recomputing the segment's prefix. Granularity chooses the trade-off:
-  "level": a segment per resolution level (upsample of the level below, its ResnetBlocks; for the
-      decoder's top level also norm_out/conv_out). Held maps are only the level boundaries; at
-      2048x2048 with the SD shapes the largest is 256 x 1024 x 1024 (1 GiB fp32) where the
-      untiled decoder holds several 2-4 GiB maps at full resolution. Costs ~4-6x the convolutions
-      of a tiled level (7 GroupNorms, prefix recomputed per pass).
-  "block": a segment per ResnetBlock (upsample/downsample and the head fused into the neighbour
-      block): 1.5-2x the convolutions, but two full-resolution 128-channel maps are held.
+  "level": a segment per resolution level (the upsample from the level below, its ResnetBlocks; for
+      the decoder's top level also norm_out/conv_out). Only level boundaries are held; at 2048^2 with
+      the SD shapes the largest is 256 x 1024^2 (1 GiB fp32), where the untiled decoder holds several
+      2-4 GiB maps at full resolution. Slow: a level's upsample conv (the costliest layer) is redone in
+      each of its 7 passes.
+  "block": a segment per ResnetBlock (the upsample/downsample and the head fused into a neighbour):
+      about 2x the untiled time, holding two full-resolution maps.
+  Measured extra peak RSS of one decode (bench/vae.py, CPU fp32, tile 512; 2 cores shared with
+  other jobs, so the seconds are rough): to 2048^2 with every width divided by 4 (ch=32): untiled
+  2653 MiB / 75 s, "block" 1291 MiB / 166 s, "level" 729 MiB / 475 s; SD shapes to 1024^2:
+  untiled 2596 MiB, "block" 1848 MiB, "level" 1249 MiB (2 x 2 tiles, so tile temporaries
+  dominate). Activation memory is linear in widths and area: SD untiled at 2048^2 is ~10.4 GiB.
 Global parts run untiled: the middle block's self-attention mixes every pixel with every other, so
 it (with conv_in/post_quant_conv, and in the encoder norm_out/conv_out/quant_conv) runs on the
 whole lowest-resolution map, which is 64x smaller in area than the image (512 x 256 x 256 at 2048^2,
-128 MiB; attention through `scaled_dot_product_attention`, which needs no full score matrix).
+128 MiB; `model.attention` runs `scaled_dot_product_attention` in query chunks, so no full
+65536 x 65536 score matrix is ever formed).
 """
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ def test_presets():
         vc.VAEConfig(ch=24)  # 24 channels do not split into 32 groups
 
 
-def test_latent_scaling_is_the_latent_format(small):
+def test_latent_scaling_is_the_latent_format():
     z = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     cfg = vc.VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, scale_factor=0.5, shift_factor=0.25)
     vae = AutoencoderKL(cfg).double()
