@@ -219,7 +219,7 @@ def write_safetensors(
             for name, (shape, dtype) in specs.items():
                 t = tensor(name)
                 assert tuple(t.shape) == tuple(shape) and t.dtype == dtype, name
-                f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d tensors too
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
