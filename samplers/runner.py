@@ -29,14 +29,15 @@ class NonFiniteError(FloatingPointError):
         self.sampler, self.step, self.sigma = sampler, step, sigma
 
 
-def all_finite(t: torch.Tensor) -> torch.Tensor:
-    """A 0-d device bool: every element of t is finite. Not read here, so no host sync.
+def finite_probe(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d device tensor that is finite exactly when every element of t is. Not read here: no host sync.
 
-    NaN and inf propagate through a sum, so the sum is finite exactly when every element is (unless a
-    finite sum overflows: accumulating in at least float32 that takes values beyond ~1e33 in a
-    latent, a broken model anyway). One read of t, 5x cheaper than isfinite(t).all(), which writes a bool tensor first.
+    NaN and inf propagate through a sum (unless a finite sum overflows: accumulating in at least
+    float32 that takes values beyond ~1e33 in a latent, a broken model anyway). One read of t, 5x
+    cheaper than isfinite(t).all(), which writes a bool tensor first; isfinite is applied once, to
+    all probes together, when they are read.
     """
-    return t.sum(dtype=torch.promote_types(t.dtype, torch.float32)).isfinite()
+    return t.sum(dtype=torch.promote_types(t.dtype, torch.float32))
 
 
 class _FiniteWatch:
@@ -59,7 +60,7 @@ class _FiniteWatch:
 
     def __call__(self, x, sigma, **kwargs):
         denoised = self.model(x, sigma, **kwargs)
-        self.flags.append(all_finite(denoised))
+        self.flags.append(finite_probe(denoised))
         self.sigmas.append(sigma)
         self.steps.append(min(self.steps_done, max(self.n_steps - 1, 0)))
         return denoised
@@ -81,11 +82,12 @@ class _FiniteWatch:
         `result`, the sampler's output, is checked in the same sync: non-finite there with every
         model output finite means the sampler itself broke.
         """
-        pending = self.flags[self.checked :] + ([all_finite(result)] if result is not None else [])
-        if not pending or bool(torch.stack(pending).all()):
+        pending = self.flags[self.checked :] + ([finite_probe(result)] if result is not None else [])
+        finite = torch.stack(pending).isfinite() if pending else None
+        if finite is None or bool(finite.all()):
             self.checked = len(self.flags)
             return
-        bad = self.checked + int((~torch.stack(pending)).nonzero()[0, 0])
+        bad = self.checked + int((~finite).nonzero()[0, 0])
         who = f"sampler {self.info.name!r} ({self.info.id})"
         if bad == len(self.flags):
             raise NonFiniteError(f"{who} produced a non-finite result although every model output was finite", self.info.name)
