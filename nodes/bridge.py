@@ -6,6 +6,7 @@ LoRA patching and every core node work with them unchanged.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import comfy.model_base
@@ -42,6 +43,12 @@ class ComfyUNet(UNetModel):
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kwargs):
         if control is not None:
             raise NotImplementedError("ControlNet is not supported by the Diffusion Anatomy U-Net; load the checkpoint with core's loader for ControlNet")
+        options = transformer_options or {}
+        if (options.get("patches") or options.get("patches_replace")) and not getattr(self, "_warned_patches", False):
+            # weight patches (LoRA) apply through ModelPatcher; forward hooks (FreeU, PAG, ...) need core's U-Net
+            logging.warning("Diffusion Anatomy U-Net: ignoring transformer patches %s (use core's loader for them)",
+                            sorted({*options.get("patches", {}), *options.get("patches_replace", {})}))
+            self._warned_patches = True
         return super().forward(x, timesteps, context, y)
 
 
