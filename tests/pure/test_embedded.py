@@ -18,6 +18,7 @@ from diffusion_anatomy.clip.encoder import TextEncoder
 from diffusion_anatomy.clip.tokenizer import BPETokenizer
 from diffusion_anatomy.embedded import config as ec
 from diffusion_anatomy.embedded import data as ed
+from diffusion_anatomy.embedded import sample as es
 from diffusion_anatomy.embedded import train as et
 from diffusion_anatomy.vae.model import AutoencoderKL
 
@@ -175,7 +176,7 @@ def test_batched_prompt_encoding_equals_the_text_encoder(bpe):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_training_writes_a_loadable_sd1_file_and_resumes(tmp_path: Path):
+def test_training_writes_a_loadable_sd1_file_and_resumes(tmp_path: Path, bpe):
     out = tmp_path / "tiny.safetensors"
     args = ["--out", str(out), "--vae-steps", "2", "--batch", "2", "--vae-batch", "2", "--latent-pool", "4",
             "--threads", "1", "--log-every", "1", "--save-every", "1000"]
@@ -194,6 +195,11 @@ def test_training_writes_a_loadable_sd1_file_and_resumes(tmp_path: Path):
     te = TextEncoder(tiny.text_encoder)
     te.load_checkpoint({k: v.float() for k, v in ck.tensors("").items()}, strict=True)
     assert all(torch.isfinite(v).all() for v in ck.unet.state_dict().values())
+
+    model = es.load(out)  # the sampler's loader agrees with the file, and draws
+    assert model.vae.cfg.scale_factor == pytest.approx(log["scale_factor"])
+    images = es.sample(model, ["a large red circle in the centre on a blue background"], bpe, steps=2, cfg=3.0)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
 
     log = et.main(args + ["--steps", "3", "--resume"])  # one more diffusion step, no more VAE steps
     assert (log["vae_step"], log["step"]) == (2, 3) and len(log["loss"]) == 3 and len(log["vae_loss"]) == 2
