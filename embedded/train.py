@@ -254,8 +254,8 @@ def main(argv=None) -> dict:
         window.append((rec.item(), kl.item()))
         if log["vae_step"] % args.log_every == 0 or log["vae_step"] == args.vae_steps:
             rec_mean, kl_mean = (sum(v) / len(v) for v in zip(*window))
-            log["vae_loss"].append([log["vae_step"], round(elapsed(), 1), rec_mean, kl_mean])
             now = elapsed()
+            log["vae_loss"].append([log["vae_step"], round(now, 1), rec_mean, kl_mean])
             rate = (log["vae_step"] - steps_at) / max(now - time_at, 1e-9)
             steps_at, time_at = log["vae_step"], now
             print(f"vae  step {log['vae_step']:6d}  t {now:7.1f}s  mse {rec_mean:.5f}  kl {kl_mean:.3f}  {rate:.2f} steps/s", flush=True)
