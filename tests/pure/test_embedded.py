@@ -204,3 +204,22 @@ def test_training_writes_a_loadable_sd1_file_and_resumes(tmp_path: Path, bpe):
 
     log = et.main(args + ["--steps", "3", "--resume"])  # one more diffusion step, no more VAE steps
     assert (log["vae_step"], log["step"]) == (2, 3) and len(log["loss"]) == 3 and len(log["vae_loss"]) == 2
+
+
+def test_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mean, logvar = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    expected = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).mean()
+    torch.testing.assert_close(et.kl_to_standard_normal(mean, logvar), expected)
+
+
+def test_random_crops_are_latent_aligned_windows_of_the_images():
+    """Each crop is a window of its own image at a corner on the 8-pixel latent grid."""
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    crops = et.random_crop(images, 32, torch.Generator().manual_seed(1))
+    assert crops.shape == (6, 3, 32, 32)
+    for image, crop in zip(images, crops):
+        hits = [(y, x) for y in range(0, 33, 8) for x in range(0, 33, 8) if torch.equal(image[:, y:y + 32, x:x + 32], crop)]
+        assert len(hits) == 1
+    assert et.random_crop(images, 64, torch.Generator()) is images
