@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
     pool = None  # stage 2's encoded images: posterior mean/std [N, 4, 8, 8] (unscaled) and captions
 
     if args.resume and state_path.exists():
-        s = torch.load(state_path, weights_only=False)
+        s = torch.load(state_path, weights_only=True)  # tensors and plain containers only: no pickle code runs
         unet.load_state_dict(s["unet"]); vae.load_state_dict(s["vae"]); text_encoder.load_state_dict(s["clip"])
         opt_vae.load_state_dict(s["opt_vae"]); opt.load_state_dict(s["opt"])
         data.set_state(s["data"]); noise.set_state(s["noise"]); log, pool = s["log"], s["pool"]

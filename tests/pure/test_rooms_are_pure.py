@@ -13,6 +13,7 @@ pack = types.ModuleType("diffusion_anatomy"); pack.__path__ = [{str(REPO)!r}]; s
 import diffusion_anatomy.samplers, diffusion_anatomy.samplers.schedules, diffusion_anatomy.samplers.runner
 import diffusion_anatomy.unet.model, diffusion_anatomy.vae.model, diffusion_anatomy.vae.tiled
 import diffusion_anatomy.clip.encoder, diffusion_anatomy.checkpoint.reader
+import diffusion_anatomy.embedded.data, diffusion_anatomy.embedded.config, diffusion_anatomy.embedded.train
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("comfy", "comfy_extras", "folder_paths", "nodes", "server", "execution"))
 print(",".join(bad))
 """
