@@ -20,6 +20,7 @@ import folder_paths
 import torch
 
 from ..clip.encoder import SD1, SD2, SDXL, TextEncoder
+from ..embedded.config import CLIP_CONFIG_METADATA_KEY, VAE_CONFIG_METADATA_KEY, from_metadata
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
 from ..unet.model import UNetModel
 from ..vae.config import PRESETS as VAE_PRESETS
@@ -64,12 +65,16 @@ def unet_weight_dtype(model_config, parameters: int) -> torch.dtype:
     return manual_cast or unet_dtype
 
 
-def comfy_model(unet: UNetModel, family: str, prediction: str) -> comfy.model_patcher.ModelPatcher:
-    """A ComfyUI MODEL around the pack's U-Net (its tensors are shared, not copied)."""
+def comfy_model(unet: UNetModel, family: str, prediction: str, latent_scale: float | None = None) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL around the pack's U-Net (its tensors are shared, not copied).
+
+    `latent_scale` replaces the family's latent scale factor (a pack-made model trains its own VAE)."""
     state = unet.state_dict()
     # ComfyUI's own reading of the U-Net's shapes: the unet_config its LoRA key maps and memory estimates use.
     unet_config = comfy.model_detection.detect_unet_config(state, "")
     model_config = FAMILY_CONFIGS[family](unet_config)
+    if latent_scale is not None:
+        model_config.latent_format.scale_factor = latent_scale  # this config's own instance
     dtype = unet_weight_dtype(model_config, sum(t.numel() for t in state.values()))
     model_config.set_inference_dtype(dtype, None)
     model_config.unet_config["disable_unet_model_creation"] = True
@@ -148,9 +153,18 @@ class ComfyTokenizer:
 TEXT_ENCODERS = {"sd15": SD1, "sd21": SD2, "sdxl": SDXL}
 
 
+def own_configs(checkpoint):
+    """The VAE and text-encoder configs a pack-made checkpoint (e.g. the embedded tiny model) carries in
+    its metadata, or None for a published SD checkpoint, whose parts have the presets' shapes."""
+    if VAE_CONFIG_METADATA_KEY in checkpoint.metadata and CLIP_CONFIG_METADATA_KEY in checkpoint.metadata:
+        return from_metadata(checkpoint.metadata)
+    return None
+
+
 def comfy_clip(checkpoint, family: str) -> comfy.sd.CLIP:
     """A ComfyUI CLIP around the pack's text encoder, loaded from the checkpoint (one copy of the weights)."""
-    config = TEXT_ENCODERS[family]
+    own = own_configs(checkpoint)
+    config = own.text_encoder if own is not None else TEXT_ENCODERS[family]
     with torch.device("meta"):
         encoder = ComfyTextEncoder(config)
     tensors = {}
@@ -240,7 +254,8 @@ class ComfyVAE(comfy.sd.VAE):
 
 def comfy_vae(checkpoint, family: str) -> ComfyVAE:
     """A ComfyUI VAE around the pack's AutoencoderKL, loaded from the checkpoint (one copy of the weights)."""
-    cfg = VAE_PRESETS["sdxl" if family == "sdxl" else "sd"]
+    own = own_configs(checkpoint)
+    cfg = own.vae if own is not None else VAE_PRESETS["sdxl" if family == "sdxl" else "sd"]
     with torch.device("meta"):
         autoencoder = ComfyAutoencoder(cfg)
     part = checkpoint.vae
