@@ -19,11 +19,11 @@ import comfy.supported_models
 import folder_paths
 import torch
 
-from ..clip.encoder import SD1, SD2, SDXL, TextEncoder
+from ..clip.encoder import SD1, SD2, SDXL, TextEncoder, TextEncoderConfig
 from ..embedded.config import CLIP_CONFIG_METADATA_KEY, VAE_CONFIG_METADATA_KEY, from_metadata
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
 from ..unet.model import UNetModel
-from ..vae.config import PRESETS as VAE_PRESETS
+from ..vae.config import PRESETS as VAE_PRESETS, VAEConfig
 from ..vae.model import AutoencoderKL
 from ..vae.tiled import decode_tiled, encode_tiled
 
@@ -153,18 +153,20 @@ class ComfyTokenizer:
 TEXT_ENCODERS = {"sd15": SD1, "sd21": SD2, "sdxl": SDXL}
 
 
-def own_configs(checkpoint):
-    """The VAE and text-encoder configs a pack-made checkpoint (e.g. the embedded tiny model) carries in
-    its metadata, or None for a published SD checkpoint, whose parts have the presets' shapes."""
+def part_configs(checkpoint, family: str) -> tuple:
+    """(text-encoder config, VAE config, latent scale or None) for a checkpoint, read once.
+
+    A pack-made checkpoint (e.g. the embedded tiny model) carries its VAE and text-encoder configs in
+    its metadata and trained its own VAE (its own latent scale); a published SD checkpoint's parts
+    have the family presets' shapes and the family's latent scale (None: keep ComfyUI's)."""
     if VAE_CONFIG_METADATA_KEY in checkpoint.metadata and CLIP_CONFIG_METADATA_KEY in checkpoint.metadata:
-        return from_metadata(checkpoint.metadata)
-    return None
+        own = from_metadata(checkpoint.metadata)
+        return own.text_encoder, own.vae, own.vae.scale_factor
+    return TEXT_ENCODERS[family], VAE_PRESETS["sdxl" if family == "sdxl" else "sd"], None
 
 
-def comfy_clip(checkpoint, family: str) -> comfy.sd.CLIP:
+def comfy_clip(checkpoint, config: TextEncoderConfig) -> comfy.sd.CLIP:
     """A ComfyUI CLIP around the pack's text encoder, loaded from the checkpoint (one copy of the weights)."""
-    own = own_configs(checkpoint)
-    config = own.text_encoder if own is not None else TEXT_ENCODERS[family]
     with torch.device("meta"):
         encoder = ComfyTextEncoder(config)
     tensors = {}
@@ -252,10 +254,8 @@ class ComfyVAE(comfy.sd.VAE):
         return encode_tiled(self.first_stage_model, image, tile=max(tile_x or 512, tile_y or 512)).to(self.output_device).float()
 
 
-def comfy_vae(checkpoint, family: str) -> ComfyVAE:
+def comfy_vae(checkpoint, cfg: VAEConfig) -> ComfyVAE:
     """A ComfyUI VAE around the pack's AutoencoderKL, loaded from the checkpoint (one copy of the weights)."""
-    own = own_configs(checkpoint)
-    cfg = own.vae if own is not None else VAE_PRESETS["sdxl" if family == "sdxl" else "sd"]
     with torch.device("meta"):
         autoencoder = ComfyAutoencoder(cfg)
     part = checkpoint.vae

@@ -10,7 +10,7 @@ import folder_paths
 import torch
 
 from ..checkpoint.reader import load_checkpoint
-from .bridge import comfy_clip, comfy_model, comfy_vae, own_configs
+from .bridge import comfy_clip, comfy_model, comfy_vae, part_configs
 from .common import CATEGORY, PREFIX
 
 LATENT_FORMAT_KEY = "diffusion_anatomy_latent_format"  # set by Empty Latent, checked by U-Net Denoise
@@ -44,9 +44,9 @@ class CheckpointLoader:
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in {folder_paths.get_folder_paths('checkpoints')}")
         # tensors come in the file's dtype; each bridge casts its module to the dtype ComfyUI picks for the device
         ckpt = load_checkpoint(path, prediction=None if prediction == "auto" else prediction)
-        own = own_configs(ckpt)
-        model = comfy_model(ckpt.unet, ckpt.family, ckpt.config.prediction, own.vae.scale_factor if own is not None else None)
-        return (model, comfy_clip(ckpt, ckpt.family), comfy_vae(ckpt, ckpt.family))
+        text_config, vae_config, latent_scale = part_configs(ckpt, ckpt.family)
+        model = comfy_model(ckpt.unet, ckpt.family, ckpt.config.prediction, latent_scale)
+        return (model, comfy_clip(ckpt, text_config), comfy_vae(ckpt, vae_config))
 
 
 class CLIPTextEncode:

@@ -10,12 +10,11 @@ from functools import partial
 import comfy.samplers
 
 from ..samplers import REGISTRY, SamplerInfo
+from ..samplers.runner import run_sampler
 from .common import CATEGORY, PREFIX, widget
 
 
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
-    from ..samplers.runner import run_sampler
-
     return comfy.samplers.KSAMPLER(partial(run_sampler, info.id), extra_options=dict(options))
 
 
