@@ -32,16 +32,21 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
         raise NotSafetensorsError(path, "no such file; expected a .safetensors checkpoint")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-        if path.suffix.lower() in PICKLE_SUFFIXES or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        head = f.read(9)
+        # A safetensors file is an 8-byte little-endian header size, then the JSON header. Test that
+        # first: a header size whose low byte is 0x80 (one file in 256) starts like a pickle.
+        n = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else None
+        safetensors_like = n is not None and n <= size - 8 and head[8:9] == b"{"
+        pickle_like = head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        if path.suffix.lower() in PICKLE_SUFFIXES or (pickle_like and not safetensors_like):
             raise PickleCheckpointError(
                 path,
                 "a pickle checkpoint (.ckpt/.pt); these are refused because unpickling a file can run "
                 "arbitrary code. Expected a .safetensors file: convert it once with a trusted tool.",
             )
-        if len(head) < 8:
+        if n is None:
             raise NotSafetensorsError(path, f"only {size} bytes; expected a .safetensors file (8-byte header size first)")
-        (n,) = struct.unpack("<Q", head)
+        f.seek(8)
         if n > min(size - 8, MAX_HEADER_BYTES):
             raise NotSafetensorsError(
                 path, f"the first 8 bytes give a header of {n} bytes in a {size}-byte file; expected a .safetensors file"

@@ -119,12 +119,30 @@ def test_missing_file_names_the_path(tmp_path):
         inspect_checkpoint(tmp_path / "nope.safetensors")
 
 
-@pytest.mark.parametrize("name", ["model.ckpt", "disguised.safetensors"])
-def test_pickles_are_refused(tmp_path, name):
+@pytest.mark.parametrize("name, zipped", [("model.ckpt", True), ("disguised.safetensors", True), ("legacy.safetensors", False)])
+def test_pickles_are_refused(tmp_path, name, zipped):
     path = tmp_path / name
-    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(1)}}, path)
+    torch.save({"state_dict": {"model.diffusion_model.out.2.weight": torch.zeros(1)}}, path,
+               _use_new_zipfile_serialization=zipped)  # zip ("PK..."), or a bare pickle (0x80, protocol byte)
     with pytest.raises(PickleCheckpointError, match="pickle checkpoint.*arbitrary code"):
         load_checkpoint(path)
+
+
+def test_a_safetensors_header_size_with_low_byte_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header size: 0x80 for one file in
+    256, the byte a pickle starts with. (The embedded model's first trained file was such a one.)"""
+    from safetensors.torch import save_file
+
+    from diffusion_anatomy.checkpoint.files import read_header
+
+    path = tmp_path / "model.safetensors"
+    for pad in range(256):
+        save_file({"w": torch.zeros(2, 3)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    shapes, metadata = read_header(path)
+    assert shapes == {"w": (2, 3)} and len(metadata["pad"]) == pad
 
 
 @pytest.mark.parametrize(
