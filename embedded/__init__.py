@@ -5,3 +5,7 @@
 - `train`: VAE, then U-Net + text encoder, saved as one SD1-layout fp16 .safetensors.
 See README.md.
 """
+from pathlib import Path
+
+WEIGHTS = Path(__file__).with_name("tiny_shapes_sd1.safetensors")  # the trained model, committed (16.9 MiB)
+LOADER_NAME = "DiffusionAnatomy/tiny_shapes_sd1.safetensors"  # how the loader node lists it, first

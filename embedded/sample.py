@@ -1,13 +1,15 @@
-"""Draw with a trained embedded model: load the file, Euler with classifier-free guidance, decode.
+"""Draw with a trained embedded model: load the file, run any of the pack's samplers with classifier-free guidance, decode.
 
-A minimal, self-contained sampler for checking a training run (the nodes use the pack's samplers):
-Euler's method on the probability-flow ODE in sigma space (Karras et al. 2022, arXiv:2206.00364,
-Algorithm 1 with no churn; k-diffusion's `sample_euler`), on SD1's discrete schedule: sigma_t =
-sqrt((1 - abar_t) / abar_t) at `steps` evenly spaced timesteps from 999 down to 0, then 0. The
-network sees x / sqrt(1 + sigma^2) and the timestep t itself (no interpolation needed: every sigma
-is one of the training sigmas). CFG: eps = eps_uncond + cfg * (eps_cond - eps_uncond) (Ho & Salimans 2022).
+The same maths as ComfyUI's graph for an SD1 eps model, in pure torch (so the tests that check what
+the model draws need no ComfyUI): the denoiser is k-diffusion's discrete eps wrapper (Karras et al.
+2022, arXiv:2206.00364, eq. 7 with c_in = 1/sqrt(sigma^2 + 1), c_out = -sigma), on SD1's training
+schedule (sigma_t = sqrt((1 - abar_t) / abar_t), t = 0..999); a sigma is given to the U-Net as the
+nearest training timestep (ComfyUI's `ModelSamplingDiscrete.timestep`); the schedule comes from
+`samplers.schedules` on those model sigmas, the steps from `samplers.runner.run_sampler`.
+CFG: eps = eps_uncond + cfg * (eps_cond - eps_uncond) (Ho & Salimans 2022, arXiv:2207.12598).
 
-    python embedded/sample.py tiny.safetensors "a large red circle in the centre on a blue background" out.png
+    python embedded/sample.py tiny.safetensors "a large red circle in the centre on a blue background" out.png \
+        [--sampler euler] [--schedule karras] [--steps 20] [--cfg 5] [--seed 0]
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ import torch
 from ..checkpoint.reader import load_checkpoint
 from ..clip.encoder import TextEncoder
 from ..clip.tokenizer import BPETokenizer
+from ..samplers.runner import run_sampler
+from ..samplers.schedules import calculate_sigmas
 from ..unet.model import UNetModel
 from ..vae.model import AutoencoderKL
 from .config import TinyConfig, from_metadata
@@ -54,36 +58,82 @@ def load(path: str | Path) -> TinyModel:
     return TinyModel(config, ck.unet.float().eval(), vae.eval(), text_encoder.eval())
 
 
+class DiscreteEpsDenoiser:
+    """model(x, sigma) -> denoised x0 for an SD1-schedule eps U-Net, with classifier-free guidance.
+
+    `context` holds the prompts' contexts [n, 77, C], `uncond` the negative prompt's [1 or n, 77, C];
+    with cfg == 1 the unconditional pass is skipped (it would cancel out).
+    """
+
+    def __init__(self, unet: UNetModel, context: torch.Tensor, uncond: torch.Tensor, cfg: float):
+        abar = sd1_alphas_cumprod()
+        self.sigmas = ((1 - abar) / abar).sqrt().float()  # ascending, the 1000 training sigmas
+        self.log_sigmas = self.sigmas.log()
+        self.unet, self.cfg = unet, cfg
+        self.context, self.uncond = context, uncond.expand_as(context)
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The training timestep whose sigma is nearest in log space."""
+        return (sigma.log()[:, None] - self.log_sigmas[None, :]).abs().argmin(dim=1).float()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_) -> torch.Tensor:
+        t = self.timestep(sigma)
+        scaled = x / (sigma**2 + 1).sqrt()[:, None, None, None]
+        if self.cfg == 1.0:
+            eps = self.unet(scaled, t, self.context)
+        else:
+            both = self.unet(torch.cat([scaled, scaled]), torch.cat([t, t]), torch.cat([self.context, self.uncond]))
+            eps_cond, eps_uncond = both.chunk(2)
+            eps = eps_uncond + self.cfg * (eps_cond - eps_uncond)
+        return x - sigma[:, None, None, None] * eps
+
+
 @torch.no_grad()
 def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int = 20, cfg: float = 5.0,
-           seed: int = 0) -> torch.Tensor:
-    """[n, 3, 64, 64] images in about [-1, 1], one per prompt."""
+           seed: int | list[int] = 0, sampler: str = "euler", schedule: str = "karras", negative: str = "") -> torch.Tensor:
+    """[n, 3, 64, 64] images in about [-1, 1], one per prompt. `seed` is one seed for the whole batch's
+    starting noise (ComfyUI's way) or a list with one seed per prompt (so a picture does not depend on
+    its neighbours in the batch); stochastic samplers draw their noise from the first seed."""
     n = len(prompts)
     encoder = Prompts(bpe, model.text_encoder)
-    context = encoder.encode(model.text_encoder, list(prompts) + [""] * n)
-    abar = sd1_alphas_cumprod()
-    timesteps = torch.linspace(len(abar) - 1, 0, steps).round().long().tolist()
-    sigmas = [((1 - abar[t]) / abar[t]).sqrt().item() for t in timesteps] + [0.0]
+    context = encoder.encode(model.text_encoder, list(prompts) + [negative])
+    denoiser = DiscreteEpsDenoiser(model.unet, context[:n], context[n:], cfg)
+    sigmas = calculate_sigmas(schedule, steps, model_sigmas=denoiser.sigmas)
     side = 64 // model.config.vae.downscale
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, model.config.unet.in_channels, side, side, generator=g, dtype=torch.float64) * sigmas[0]
-    for t, sigma, sigma_next in zip(timesteps, sigmas, sigmas[1:]):
-        scaled = (x / (1 + sigma**2) ** 0.5).float().repeat(2, 1, 1, 1)
-        eps_cond, eps_uncond = model.unet(scaled, torch.full((2 * n,), float(t)), context).double().chunk(2)
-        eps = eps_uncond + cfg * (eps_cond - eps_uncond)
-        x = x + (sigma_next - sigma) * eps  # dx/dsigma = eps on the PF-ODE
-    return model.vae.decode(model.vae.from_latent(x.float()))
+    shape = (model.config.unet.in_channels, side, side)
+    seeds = seed if isinstance(seed, list) else None
+    if seeds is None:
+        noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    else:
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    # From the top of the schedule the start is scaled by sqrt(1 + sigma^2), the std of x_T in this
+    # parametrisation (x = x0 + sigma * eps with unit-variance data), as ComfyUI's `noise_scaling` does
+    # for a full denoise: the pictures then equal the bundled workflow's.
+    start = (1 + sigmas[0] ** 2).sqrt() if torch.isclose(sigmas[0], denoiser.sigmas[-1]) else sigmas[0]
+    x = run_sampler(sampler, denoiser, noise * start, sigmas, extra_args={"seed": seeds[0] if seeds else seed}, disable=True)
+    return model.vae.decode(model.vae.from_latent(x))
 
 
 def main(argv=None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    path, prompt, out = args[0], args[1], Path(args[2])
-    image = sample(load(path), [prompt], BPETokenizer.from_dir(default_tokenizer_dir()))[0]
-    from PIL import Image  # only the command line needs PIL (ComfyUI's venv has it)
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("file", type=Path)
+    ap.add_argument("prompt")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--sampler", default="euler")
+    ap.add_argument("--schedule", default="karras")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    image = sample(load(args.file), [args.prompt], BPETokenizer.from_dir(default_tokenizer_dir()), steps=args.steps,
+                   cfg=args.cfg, seed=args.seed, sampler=args.sampler, schedule=args.schedule)[0]
+    from PIL import Image  # noqa: PLC0415  (only the command line needs PIL; ComfyUI's venv has it)
 
     pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(out)
-    print(f"wrote {out}")
+    Image.fromarray(pixels).save(args.out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ with the three configs in its metadata (`config.to_metadata`).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -158,6 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4, help="stage 2 learning rate (AdamW)")
     p.add_argument("--vae-lr", type=float, default=3e-4, help="stage 1 learning rate (AdamW, betas 0.5/0.9)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="KL per latent element vs MSE per pixel")
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the weights' exponential moving average (stage 2), which is what the file ships")
     p.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for CFG")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--save-every", type=int, default=500)
@@ -212,6 +214,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.AdamW(diffusion_params, lr=args.lr, weight_decay=0.0)
     log = {"seed": args.seed, "batch": args.batch, "vae_step": 0, "step": 0, "seconds": 0.0,
            "vae_loss": [], "loss": [], "scale_factor": None}
+    ema = None  # stage 2's averaged U-Net and text encoder (state dicts), what the .safetensors gets
     pool = None  # stage 2's encoded images: posterior mean/std [N, 4, 8, 8] (unscaled) and captions
 
     if args.resume and state_path.exists():
@@ -219,6 +222,7 @@ def main(argv=None) -> dict:
         unet.load_state_dict(s["unet"]); vae.load_state_dict(s["vae"]); text_encoder.load_state_dict(s["clip"])
         opt_vae.load_state_dict(s["opt_vae"]); opt.load_state_dict(s["opt"])
         data.set_state(s["data"]); noise.set_state(s["noise"]); log, pool = s["log"], s["pool"]
+        ema = s.get("ema")
         print(f"resumed at VAE step {log['vae_step']}, diffusion step {log['step']}", flush=True)
     if log["scale_factor"] is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, scale_factor=log["scale_factor"]))
@@ -234,8 +238,13 @@ def main(argv=None) -> dict:
         log["seconds"] = elapsed()
         torch.save({"unet": unet.state_dict(), "vae": vae.state_dict(), "clip": text_encoder.state_dict(),
                     "opt_vae": opt_vae.state_dict(), "opt": opt.state_dict(), "data": data.get_state(),
-                    "noise": noise.get_state(), "log": log, "pool": pool}, state_path)
-        save_checkpoint(args.out, config, unet, vae, text_encoder, _summary(log))
+                    "noise": noise.get_state(), "log": log, "pool": pool, "ema": ema}, state_path)
+        if ema is None:
+            save_checkpoint(args.out, config, unet, vae, text_encoder, _summary(log))
+        else:
+            shipped_unet, shipped_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+            shipped_unet.load_state_dict(ema["unet"]); shipped_text.load_state_dict(ema["clip"])
+            save_checkpoint(args.out, config, shipped_unet, vae, shipped_text, _summary(log))
 
     # Stage 1: the VAE.
     vae.train()
@@ -279,6 +288,16 @@ def main(argv=None) -> dict:
     # Stage 2: U-Net + text encoder, eps prediction, on pooled posteriors with fresh posterior noise.
     alphas_cumprod = sd1_alphas_cumprod().float()
     unet.train(); text_encoder.train()
+    # An exponential moving average of the weights samples far better than the last noisy iterate at
+    # a constant learning rate (as in DDPM's and LDM's training); warmed up so early steps are not frozen in.
+    if ema is None:
+        ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
+               "clip": {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}}
+    live, averaged = [], []
+    for module, key in ((unet, "unet"), (text_encoder, "clip")):
+        for name, tensor in module.state_dict().items():  # detached views of the parameters: they follow opt.step()
+            if tensor.is_floating_point():
+                live.append(tensor); averaged.append(ema[key][name])
     window, steps_at, time_at = [], log["step"], elapsed()
     while log["step"] < args.steps and elapsed() < budget:
         pick = torch.randint(len(pool["captions"]), (args.batch,), generator=noise)
@@ -296,6 +315,8 @@ def main(argv=None) -> dict:
         torch.nn.utils.clip_grad_norm_(diffusion_params, 1.0)
         opt.step()
         log["step"] += 1
+        with torch.no_grad():
+            torch._foreach_lerp_(averaged, live, 1.0 - min(args.ema, (1 + log["step"]) / (10 + log["step"])))
         window.append(loss.item())
         if log["step"] % args.log_every == 0 or log["step"] == args.steps:
             now = elapsed()

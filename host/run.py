@@ -1,9 +1,9 @@
 """Start ComfyUI with the pack, queue a bundled API-format workflow, print where the image went.
 
-By default it queues workflows/api/text_to_image.json. Name a checkpoint with --checkpoint FILE
-(any SD1.x/SD2.x/SDXL single-file .safetensors); without one, a seeded random-weights SD1.5
-checkpoint is generated once (the whole graph runs, the picture is noise-like: it shows the
-pipeline works, not what a trained model draws).
+By default it queues workflows/api/text_to_image.json, which draws with the pack's embedded model
+(embedded/tiny_shapes_sd1.safetensors: 64x64 coloured shapes, a few seconds on a CPU). Name
+another checkpoint with --checkpoint FILE (any SD1.x/SD2.x/SDXL single-file .safetensors), and
+then usually --size 512 (or 1024 for SDXL) and a --prompt of your own.
 """
 from __future__ import annotations
 
@@ -20,22 +20,10 @@ from comfy_server import ComfyError, ComfyServer
 DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "text_to_image.json"
 
 
-def demo_checkpoint() -> Path:
-    """The random-weights SD1.5 checkpoint of the test suite (generated once, cached under .cache/)."""
-    sys.path.insert(0, str(hostenv.REPO / "tests"))
-    import conftest  # noqa: F401  (makes the pack importable as `diffusion_anatomy`)
-    from support.checkpoints import FIXTURES, sd15_random_checkpoint
-    from support.inprocess import load_comfy
-
-    if not (FIXTURES / "sd15_random_0.safetensors").is_file():
-        print("[run] generating the random-weights SD1.5 demo checkpoint (once, about a minute)")
-    return sd15_random_checkpoint(load_comfy(hostenv.comfyui_dir()))
-
-
-def customise(graph: dict, ckpt_name: str, steps: int | None, size: int | None, prompt: str | None) -> dict:
+def customise(graph: dict, ckpt_name: str | None, steps: int | None, size: int | None, prompt: str | None) -> dict:
     for node in graph.values():
         inputs = node["inputs"]
-        if "ckpt_name" in inputs:
+        if ckpt_name is not None and "ckpt_name" in inputs:
             inputs["ckpt_name"] = ckpt_name
         if steps is not None and "steps" in inputs:
             inputs["steps"] = steps
@@ -51,31 +39,27 @@ def customise(graph: dict, ckpt_name: str, steps: int | None, size: int | None, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW, help="API-format graph to queue (default: text_to_image)")
-    ap.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint to use (default: the random-weights demo)")
+    ap.add_argument("--checkpoint", type=Path, help="a .safetensors checkpoint to use (default: the workflow's, the pack's embedded model)")
     ap.add_argument("--prompt", help="replace the positive prompt")
-    ap.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; 4 for the demo checkpoint)")
-    ap.add_argument("--size", type=int, help="image width and height in pixels (default: the workflow's; 64 for the demo)")
+    ap.add_argument("--steps", type=int, help="sampling steps (default: the workflow's)")
+    ap.add_argument("--size", type=int, help="image width and height in pixels (default: the workflow's, 64 for the embedded model)")
     ap.add_argument("--port", type=int, default=8188, help="loopback port for ComfyUI (default 8188)")
     ap.add_argument("--work", type=Path, default=hostenv.host_dir() / "run", help="folder for output/input/temp/user")
     ap.add_argument("--gpu", action="store_true", help="let ComfyUI use a GPU (default: --cpu)")
     ap.add_argument("--serve", action="store_true", help="keep ComfyUI running after the image is written (Ctrl-C stops it)")
     args = ap.parse_args()
 
+    checkpoint = None
     if args.checkpoint is not None:
         checkpoint = args.checkpoint.resolve()
         if not checkpoint.is_file():
             print(f"[run] no such checkpoint file: {checkpoint}", file=sys.stderr)
             return 1
-    else:
-        checkpoint = demo_checkpoint()
-        print("[run] no --checkpoint named: using the random-weights SD1.5 demo checkpoint (expect a noise-like picture)")
-        args.steps = args.steps or 4
-        args.size = args.size or 64
-    graph = customise(json.loads(args.workflow.read_text()), checkpoint.name, args.steps, args.size, args.prompt)
+    graph = customise(json.loads(args.workflow.read_text()), checkpoint and checkpoint.name, args.steps, args.size, args.prompt)
 
     t0 = time.monotonic()
     try:
-        server = ComfyServer.start(args.work, port=args.port, checkpoints=[checkpoint.parent], gpu=args.gpu)
+        server = ComfyServer.start(args.work, port=args.port, checkpoints=[checkpoint.parent] if checkpoint else [], gpu=args.gpu)
     except RuntimeError as e:
         print(f"[run] {e}", file=sys.stderr)
         return 1

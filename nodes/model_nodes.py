@@ -10,6 +10,8 @@ import folder_paths
 import torch
 
 from ..checkpoint.reader import load_checkpoint
+from ..embedded import LOADER_NAME as EMBEDDED_NAME
+from ..embedded import WEIGHTS as EMBEDDED_WEIGHTS
 from .bridge import comfy_clip, comfy_model, comfy_vae, part_configs
 from .common import CATEGORY, PREFIX
 
@@ -17,7 +19,17 @@ LATENT_FORMAT_KEY = "diffusion_anatomy_latent_format"  # set by Empty Latent, ch
 
 
 def safetensors_checkpoints() -> list[str]:
-    return [n for n in folder_paths.get_filename_list("checkpoints") if n.lower().endswith(".safetensors")]
+    """The pack's embedded model first (it ships with the pack: a fresh install draws at once), then
+    the .safetensors files of ComfyUI's checkpoints folders. The embedded file is not added to the
+    checkpoints folders themselves: core's loader cannot read it (it tells SD1 by a 768-wide context)."""
+    own = [EMBEDDED_NAME] if EMBEDDED_WEIGHTS.is_file() else []
+    return own + [n for n in folder_paths.get_filename_list("checkpoints") if n.lower().endswith(".safetensors") and n != EMBEDDED_NAME]
+
+
+def checkpoint_path(ckpt_name: str) -> str | None:
+    if ckpt_name == EMBEDDED_NAME and EMBEDDED_WEIGHTS.is_file():
+        return str(EMBEDDED_WEIGHTS)
+    return folder_paths.get_full_path("checkpoints", ckpt_name)
 
 
 class CheckpointLoader:
@@ -34,12 +46,12 @@ class CheckpointLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "ckpt_name": (safetensors_checkpoints(), {"tooltip": "A .safetensors checkpoint from ComfyUI's models/checkpoints folders (pickle files are refused)."}),
+            "ckpt_name": (safetensors_checkpoints(), {"tooltip": f"A .safetensors checkpoint from ComfyUI's models/checkpoints folders (pickle files are refused). {EMBEDDED_NAME} is the pack's own tiny SD1-layout model of coloured shapes (64x64 pictures, prompts like 'a large red circle at the top left on a blue background'; see the README's model card)."}),
             "prediction": (["auto", "eps", "v"], {"default": "auto", "tooltip": "What the U-Net predicts. auto reads it from the file (metadata, or ComfyUI's SD2 weight test); eps for SD1.x/SDXL, v for SD2.x-768."}),
         }}
 
     def load(self, ckpt_name, prediction):
-        path = folder_paths.get_full_path("checkpoints", ckpt_name)
+        path = checkpoint_path(ckpt_name)
         if path is None:
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in {folder_paths.get_folder_paths('checkpoints')}")
         # tensors come in the file's dtype; each bridge casts its module to the dtype ComfyUI picks for the device
