@@ -1,6 +1,6 @@
 """Train the embedded tiny text-to-image model on procedural shapes; write one SD1-layout .safetensors.
 
-    python embedded/train.py --out tiny.safetensors --minutes 110 --batch 32 --threads 2
+    python embedded/train.py --out tiny.safetensors --minutes 120 --batch 32 --threads 2
 
 Two stages, as latent diffusion is trained (Rombach et al. 2022, arXiv:2112.10752):
 1. the VAE alone: reconstruction (MSE on [-1, 1] pixels) + a small KL to N(0, I) on the posterior.
@@ -13,7 +13,12 @@ Two stages, as latent diffusion is trained (Rombach et al. 2022, arXiv:2112.1075
    ||eps - eps_theta(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t, c)||^2 (Ho et al. 2020, arXiv:2006.11239)
    on SD1's discrete schedule (betas linear in sqrt from 0.00085 to 0.012, 1000 steps, "scaled
    linear"), with 10% of captions replaced by the empty prompt so classifier-free guidance works
-   (Ho & Salimans 2022, arXiv:2207.12598).
+   (Ho & Salimans 2022, arXiv:2207.12598). Two departures from SD1's recipe, both for the layout
+   (where the shape goes), which plain eps training on SD1's schedule never tied to the position
+   words in 6000 steps (README, "Position words"): each sample's loss is weighted by
+   min(1/abar_t, 50), the v-prediction loss of the same network (Salimans & Ho 2022,
+   arXiv:2202.00512) capped as in Min-SNR weighting (arXiv:2303.09556), and a quarter of each
+   batch takes its timestep from [750, 999], where x_t shows the layout least.
 
 Time-bounded (`--minutes`, split by `--vae-share`) and resumable: every `--save-every` steps and at
 the end, `<out>.state.pt` keeps fp32 weights, optimiser states, the data generator and the log;
@@ -147,19 +152,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help=".safetensors to write")
     p.add_argument("--steps", type=int, default=20000, help="diffusion steps (stage 2)")
-    p.add_argument("--vae-steps", type=int, default=3000, help="VAE steps (stage 1)")
+    p.add_argument("--vae-steps", type=int, default=5000, help="VAE steps (stage 1)")
     p.add_argument("--batch", type=int, default=32, help="stage 2 batch")
     p.add_argument("--vae-batch", type=int, default=8, help="stage 1 batch")
     p.add_argument("--vae-crop", type=int, default=32, help="stage 1 trains on random crops this wide (the VAE is convolutional)")
     p.add_argument("--latent-pool", type=int, default=4096, help="images encoded once for stage 2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--minutes", type=float, default=110.0, help="wall-clock budget for both stages")
+    p.add_argument("--minutes", type=float, default=120.0, help="wall-clock budget for both stages")
     p.add_argument("--vae-share", type=float, default=0.25, help="part of --minutes stage 1 may use")
     p.add_argument("--lr", type=float, default=3e-4, help="stage 2 learning rate (AdamW)")
     p.add_argument("--vae-lr", type=float, default=3e-4, help="stage 1 learning rate (AdamW, betas 0.5/0.9)")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="KL per latent element vs MSE per pixel")
     p.add_argument("--ema", type=float, default=0.999, help="decay of the weights' exponential moving average (stage 2), which is what the file ships")
+    p.add_argument("--late-share", type=float, default=0.25, help="stage 2: part of each batch whose timesteps are drawn from [--late-from, 999] instead of all of [0, 999]")
+    p.add_argument("--late-from", type=int, default=750, help="first timestep of the late range (see --late-share)")
+    p.add_argument("--high-noise-weight", type=float, default=50.0, help="stage 2: weight each sample's eps loss by min(1/abar_t, this) (0: unweighted; see the note in main)")
     p.add_argument("--uncond-prob", type=float, default=0.1, help="caption dropout for CFG")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--save-every", type=int, default=500)
@@ -306,10 +314,26 @@ def main(argv=None) -> dict:
         z = pool["mean"][pick] + pool["std"][pick] * torch.randn(pool["mean"][pick].shape, generator=noise)
         x0 = vae.to_latent(z)
         t = torch.randint(0, len(alphas_cumprod), (args.batch,), generator=noise)
+        if args.late_share > 0:
+            # SD1's schedule leaves a trace of x0 at t = 999 (its terminal SNR is not zero; Lin et al. 2023,
+            # arXiv:2305.08891), enough on 8x8 latents to say where the shape is, so the network learns to
+            # read the layout from x_t and ignores the position words; at sampling time the layout then
+            # follows the seed. Extra late timesteps, where x_t says little, put the weight on the words.
+            late = torch.rand(args.batch, generator=noise) < args.late_share
+            t = torch.where(late, torch.randint(args.late_from, len(alphas_cumprod), (args.batch,), generator=noise), t)
         eps = torch.randn(x0.shape, generator=noise)
         abar = alphas_cumprod[t][:, None, None, None]
         xt = abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
-        loss = F.mse_loss(unet(xt, t.float(), prompts.encode(text_encoder, captions)), eps)
+        per_sample = (unet(xt, t.float(), prompts.encode(text_encoder, captions)) - eps).square().mean(dim=(1, 2, 3))
+        if args.high_noise_weight > 0:
+            # The eps loss barely sees the layout: at t near 999 an error in the predicted x0 costs only
+            # abar_t (~0.005) times as much in eps, and at lower t x_t shows the layout anyway. Weighting
+            # by 1/abar_t is the v-prediction loss (Salimans & Ho 2022, arXiv:2202.00512) for the same
+            # eps network; capped, as Min-SNR weighting caps (Hang et al. 2023, arXiv:2303.09556).
+            weight = (1.0 / alphas_cumprod[t]).clamp(max=args.high_noise_weight)
+            loss = (weight * per_sample).mean() / weight.mean()
+        else:
+            loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(diffusion_params, 1.0)

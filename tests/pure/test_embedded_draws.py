@@ -68,7 +68,7 @@ def readings(draw, captions, seeds, **kw) -> list[shapes.Reading]:
 def test_the_shipped_file_is_a_trained_sd1_checkpoint_under_20_mb():
     assert embedded.WEIGHTS.stat().st_size <= 20e6
     ck = load_checkpoint(embedded.WEIGHTS)
-    assert ck.family == "sd15" and ck.prediction == "eps"
+    assert ck.family == "sd15" and ck.config.prediction == "eps"
     with safe_open(str(embedded.WEIGHTS), "pt") as f:
         log = json.loads(f.metadata()[et.TRAIN_LOG_METADATA_KEY])
     assert log["step"] >= 1000 and log["vae_step"] >= 1000 and log["scale_factor"] > 0  # not a smoke-test file
