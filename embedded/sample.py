@@ -13,6 +13,7 @@ CFG: eps = eps_uncond + cfg * (eps_cond - eps_uncond) (Ho & Salimans 2022, arXiv
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import types
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..samplers.runner import run_sampler
 from ..samplers.schedules import calculate_sigmas
 from ..unet.model import UNetModel
 from ..vae.model import AutoencoderKL
-from .config import TinyConfig, from_metadata
+from .config import IMAGE_SIZE, TinyConfig, from_metadata
 from .train import Prompts, default_tokenizer_dir, sd1_alphas_cumprod
 
 
@@ -99,7 +100,7 @@ def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int =
     context = encoder.encode(model.text_encoder, list(prompts) + [negative])
     denoiser = DiscreteEpsDenoiser(model.unet, context[:n], context[n:], cfg)
     sigmas = calculate_sigmas(schedule, steps, model_sigmas=denoiser.sigmas)
-    side = 64 // model.config.vae.downscale
+    side = IMAGE_SIZE // model.config.vae.downscale
     shape = (model.config.unet.in_channels, side, side)
     seeds = seed if isinstance(seed, list) else None
     if seeds is None:
@@ -114,9 +115,12 @@ def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int =
     return model.vae.decode(model.vae.from_latent(x))
 
 
-def main(argv=None) -> None:
-    import argparse  # noqa: PLC0415
+def to_rgb(image: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] in [-1, 1] (a decoded image) -> [H, W, 3] in 0..255, rounded as a PNG stores it."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
 
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("file", type=Path)
     ap.add_argument("prompt")
@@ -131,8 +135,7 @@ def main(argv=None) -> None:
                    cfg=args.cfg, seed=args.seed, sampler=args.sampler, schedule=args.schedule)[0]
     from PIL import Image  # noqa: PLC0415  (only the command line needs PIL; ComfyUI's venv has it)
 
-    pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(args.out)
+    Image.fromarray(to_rgb(image).byte().numpy()).save(args.out)
     print(f"wrote {args.out}")
 
 

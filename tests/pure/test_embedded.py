@@ -21,6 +21,7 @@ from diffusion_anatomy.embedded import data as ed
 from diffusion_anatomy.embedded import sample as es
 from diffusion_anatomy.embedded import train as et
 from diffusion_anatomy.vae.model import AutoencoderKL
+from support import shapes
 
 MB = 20e6  # the size budget, bytes
 
@@ -47,22 +48,6 @@ def test_palette_colours_are_far_apart():
     assert closest > 60  # yellow vs orange is the closest pair, ~92 apart
 
 
-def nearest_colour(pixels: torch.Tensor) -> list[str]:
-    """Palette name nearest to each [N, 3] RGB (0..255) pixel."""
-    names = list(ed.COLOURS)
-    palette = torch.tensor([ed.COLOURS[n] for n in names], dtype=torch.float32)
-    return [names[i] for i in torch.cdist(pixels, palette).argmin(dim=1).tolist()]
-
-
-REGIONS = {  # (x range, y range) each named position must stay inside
-    "top left": ((0, 32), (0, 32)),
-    "top right": ((32, 64), (0, 32)),
-    "bottom left": ((0, 32), (32, 64)),
-    "bottom right": ((32, 64), (32, 64)),
-    "centre": ((16, 48), (16, 48)),
-}
-
-
 def test_captions_match_pixels():
     """Recovered from the pixels alone: the shape's colour (nearest palette entry of the pixels that
     differ from the dominant colour), the background (the dominant colour), the region, the size
@@ -77,11 +62,11 @@ def test_captions_match_pixels():
         assert len(values) == 2, "one shape on a plain background: exactly two colours"
         background, shape = values[counts.argmax()], values[counts.argmin()]
         assert counts.max() / flat.shape[0] > 0.5, "the background is most of the picture"
-        assert nearest_colour(torch.stack([background, shape])) == [cap.background, cap.colour]
+        assert [shapes.NAMES[i] for i in shapes.names(torch.stack([background, shape])[None]).flatten()] == [cap.background, cap.colour]
 
         mask = (image == shape[:, None, None]).all(dim=0)
         ys, xs = torch.nonzero(mask, as_tuple=True)
-        (x0, x1), (y0, y1) = REGIONS[cap.position]
+        (x0, x1), (y0, y1) = shapes.REGIONS[cap.position]
         assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1, (cap, xs, ys)
 
         area = mask.sum().item()

@@ -21,6 +21,7 @@ from diffusion_anatomy.embedded import WEIGHTS
 from diffusion_anatomy.embedded import sample as es
 from diffusion_anatomy.embedded import train as et
 from support import shapes
+from support.graphs import positive_prompt
 
 pytestmark = pytest.mark.server
 
@@ -47,7 +48,7 @@ def test_run_command_draws_the_prompt_with_the_embedded_model(tmp_path, prompt):
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(written) == 1 and written[0].is_file()
     graph = json.loads((REPO / "workflows" / "api" / "text_to_image.json").read_text())
-    text = prompt or next(n["inputs"]["text"] for n in graph.values() if n.get("_meta", {}).get("title") == "Positive prompt")
+    text = prompt or positive_prompt(graph)
     cap = shapes.parse(text)
     rgb = torch.from_numpy(np.asarray(Image.open(written[0]).convert("RGB")).astype(np.float32))
     assert rgb.shape == (64, 64, 3)

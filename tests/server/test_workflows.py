@@ -14,6 +14,7 @@ from PIL import Image
 from comfy_server import PACK_FOLDER
 from diffusion_anatomy.embedded import LOADER_NAME as EMBEDDED_NAME
 from support import shapes
+from support.graphs import positive_prompt
 
 pytestmark = pytest.mark.server
 
@@ -36,10 +37,6 @@ def fast_version(graph: dict, ckpt: str) -> dict:
         if "ckpt_name" in node["inputs"]:
             node["inputs"]["ckpt_name"] = ckpt
     return graph
-
-
-def positive_prompt(graph: dict) -> str:
-    return next(n["inputs"]["text"] for n in graph.values() if n.get("_meta", {}).get("title") == "Positive prompt")
 
 
 def test_there_are_bundled_workflows():

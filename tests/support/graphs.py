@@ -42,3 +42,8 @@ def core_graph(ckpt: str, sampler: str, scheduler: str, steps: int, seed: int, c
 def image(server, graph: dict) -> np.ndarray:
     (path,) = server.output_files(server.run(graph))
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def positive_prompt(graph: dict) -> str:
+    """The text of an API-format graph's node titled "Positive prompt" (as the bundled workflows name it)."""
+    return next(n["inputs"]["text"] for n in graph.values() if n.get("_meta", {}).get("title") == "Positive prompt")

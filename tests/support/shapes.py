@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_anatomy.embedded import data as ed
+from diffusion_anatomy.embedded.sample import to_rgb  # noqa: F401  (the tests' way from a decoded image to PNG pixels)
 
 REGIONS = {  # (x range, y range) of each named position, pixels
     "top left": ((0, 32), (0, 32)),
@@ -30,9 +31,9 @@ NAMES = list(ed.COLOURS)
 PALETTE = torch.tensor([ed.COLOURS[n] for n in NAMES], dtype=torch.float32)
 
 
-def caption(text_or_parts: str | tuple) -> ed.Caption:
+def caption(parts: tuple[str, str, str, str, str]) -> ed.Caption:
     """A Caption at its position's exact centre from (shape, colour, size, position, background)."""
-    shape, colour, size, position, background = text_or_parts
+    shape, colour, size, position, background = parts
     return ed.Caption(shape, colour, size, position, background, ed.POSITIONS[position])
 
 
@@ -40,11 +41,6 @@ def names(rgb: torch.Tensor) -> torch.Tensor:
     """[H, W] palette indices of an [H, W, 3] RGB image in 0..255 (a PNG's pixels)."""
     h, w, _ = rgb.shape
     return torch.cdist(rgb.float().reshape(-1, 3), PALETTE).argmin(dim=1).reshape(h, w)
-
-
-def to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] in [-1, 1] (a decoded image) -> [H, W, 3] in 0..255, rounded as a PNG stores it."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
 
 
 @dataclass
