@@ -47,7 +47,7 @@ class ComfyServer:
 
     @classmethod
     def start(cls, work: Path, port: int | None = None, checkpoints: list[Path] = (), loras: list[Path] = (),
-              gpu: bool = False, timeout: float = 180.0) -> "ComfyServer":
+              controlnet: list[Path] = (), gpu: bool = False, timeout: float = 180.0) -> "ComfyServer":
         comfy_dir = hostenv.comfyui_dir()
         if not (comfy_dir / "main.py").is_file():
             raise RuntimeError(f"no ComfyUI at {comfy_dir}: run host/install.sh (or set COMFYUI_PATH)")
@@ -55,12 +55,13 @@ class ComfyServer:
         if port_in_use(port):
             raise RuntimeError(f"port {port} on 127.0.0.1 is already in use; choose another (--port)")
         work = Path(work).resolve()
-        for sub in ("output", "input", "temp", "user", "custom_nodes", "models/checkpoints", "models/loras"):
+        for sub in ("output", "input", "temp", "user", "custom_nodes", "models/checkpoints", "models/loras", "models/controlnet"):
             (work / sub).mkdir(parents=True, exist_ok=True)
         link = work / "custom_nodes" / PACK_FOLDER
         if not link.exists():
             link.symlink_to(hostenv.REPO, target_is_directory=True)
-        folders = {"checkpoints": [work / "models/checkpoints", *checkpoints], "loras": [work / "models/loras", *loras]}
+        folders = {"checkpoints": [work / "models/checkpoints", *checkpoints], "loras": [work / "models/loras", *loras],
+                   "controlnet": [work / "models/controlnet", *controlnet]}
         yaml = work / "extra_model_paths.yaml"
         yaml.write_text(
             "diffusion_anatomy:\n"

@@ -35,7 +35,12 @@ FAMILY_CONFIGS = {
 
 
 class ComfyUNet(UNetModel):
-    """The pack's U-Net with the call signature ComfyUI's BaseModel uses (and its `dtype`)."""
+    """The pack's U-Net with the call signature ComfyUI's BaseModel uses (and its `dtype`).
+
+    Core's model patches (FreeU, PAG, SAG, ToMe, HyperTile, ...) and ControlNet / T2I-Adapter
+    residuals reach it through `transformer_options` and `control` as they reach core's U-Net
+    (unet/hooks.py); ComfyUI's interrupt is checked before every block and attention chunk.
+    """
 
     @property
     def dtype(self) -> torch.dtype:

@@ -52,8 +52,10 @@ def server(tmp_path_factory):
 
     from support.checkpoints import FIXTURES
 
-    (FIXTURES / "loras").mkdir(parents=True, exist_ok=True)  # generated models land here; the server lists them
-    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES], loras=[FIXTURES / "loras"])
+    for kind in ("loras", "controlnet"):  # generated models land here; the server lists them
+        (FIXTURES / kind).mkdir(parents=True, exist_ok=True)
+    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES], loras=[FIXTURES / "loras"],
+                            controlnet=[FIXTURES / "controlnet"])
     yield srv
     srv.stop()
 

@@ -37,6 +37,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
     Each query row is its own softmax, so attending the queries in chunks (above `CHUNK_PAIRS`)
     gives the same numbers; `interrupt` (a callable that raises to stop) runs before each chunk.
     """
+    if k.shape[0] != q.shape[0]:
+        # ComfyUI's attention views k and v with the batch size of q; attention patches that split the
+        # queries into tiles along the batch (HyperTile) and leave k and v whole rely on that view
+        k, v = (t.reshape(q.shape[0], -1, t.shape[-1]) for t in (k, v))
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     queries, keys = q.shape[-2], k.shape[-2]
     if queries * keys <= CHUNK_PAIRS:

@@ -86,3 +86,78 @@ def test_chunked_self_attention_in_the_model_stops_within_a_block(monkeypatch):
 def test_sd15_level_zero_at_512_pixels_is_one_attention_call():
     """The chunking threshold leaves everyday sizes alone: 64x64 latent = 4096 tokens, 4096^2 pairs."""
     assert 4096 * 4096 <= attention_module.CHUNK_PAIRS < 4096 * 4096 * 4
+
+
+# --------------------------------------------------------------------------- patches and control
+
+def test_a_replacement_doing_plain_attention_changes_nothing():
+    """attn1/attn2 replaced everywhere by softmax(q k^T / sqrt d) v: the hooks see q, k, v as the model uses them."""
+    model = random_model(TINY_XL)
+    x, t, context, y = inputs(TINY_XL)
+    seen = []
+
+    def plain(q, k, v, extra):
+        seen.append((extra["block"], extra["block_index"]))
+        q, k, v = (rearrange(z, "b n (h d) -> b h n d", h=extra["n_heads"]) for z in (q, k, v))
+        assert q.shape[-1] == extra["dim_head"]
+        return rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)")
+
+    layers = [("input", 2, 0), ("input", 2, 1), ("middle", 0, 0), ("output", 0, 1), ("output", 2, 0)]
+    options = {"patches_replace": {"attn1": {key: plain for key in layers}, "attn2": {key[:2]: plain for key in layers}}}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, context, y, transformer_options=options), model(x, t, context, y),
+                                   rtol=1e-5, atol=1e-5)
+    # attn1 under 3-part keys (5 layers); attn2 under 2-part keys covers every layer of those blocks
+    assert sorted(set(seen)) == sorted({(k[:2], k[2]) for k in layers} | {(("output", 0), 0), (("output", 2), 1),
+                                                                          (("middle", 0), 1)})
+
+
+def test_block_patches_see_the_blocks_in_order():
+    model = random_model(TINY)
+    x, t, context, _ = inputs(TINY)
+    calls = []
+
+    def record(name):
+        def patch(h, options):
+            calls.append((name, options["block"]))
+            return h
+        return patch
+
+    def output_patch(h, skip, options):
+        calls.append(("output_block_patch", options["block"]))
+        return h, skip
+
+    options = {"patches": {"input_block_patch": [record("in")], "input_block_patch_after_skip": [record("after")],
+                           "output_block_patch": [output_patch]}}
+    with torch.no_grad():
+        model(x, t, context, transformer_options=options)
+    n_in, n_out = len(model.input_blocks), len(model.output_blocks)
+    expected = [(name, ("input", i)) for i in range(n_in) for name in ("in", "after")]
+    assert calls == expected + [("output_block_patch", ("output", i)) for i in range(n_out)]
+    assert options == {"patches": options["patches"]}  # the caller's dict is not written to
+
+
+def test_control_residuals_are_added_where_comfyui_adds_them():
+    """ComfyUI pops each list from its end: control["input"][-1] meets input block 0's output, the middle
+    residual the middle block's output, control["output"][-1] the skip that output block 0 takes.
+    The same as patches adding them there."""
+    model = random_model(TINY)
+    x, t, context, _ = inputs(TINY)
+    g = torch.Generator().manual_seed(3)
+    first = torch.randn(2, TINY.model_channels, 8, 8, generator=g)
+    middle, last_skip = torch.randn(2, 2, 2 * TINY.model_channels, 4, 4, generator=g)
+
+    def at_input_0(h, options):
+        return h + first if options["block"] == ("input", 0) else h
+
+    def at_output_0(h, skip, options):
+        return (h + middle, skip + last_skip) if options["block"] == ("output", 0) else (h, skip)
+
+    n_in = len(model.input_blocks)
+    control = {"input": [None] * (n_in - 1) + [first], "middle": [middle], "output": [None] * (n_in - 1) + [last_skip]}
+    patches = {"patches": {"input_block_patch": [at_input_0], "output_block_patch": [at_output_0]}}
+    with torch.no_grad():
+        controlled = model(x, t, context, control=control)
+        torch.testing.assert_close(controlled, model(x, t, context, transformer_options=patches), rtol=1e-6, atol=1e-6)
+        assert (controlled - model(x, t, context)).abs().max() > 1e-2  # the residuals matter
+    assert control == {"input": [], "middle": [], "output": []}  # consumed, as ComfyUI's U-Net consumes them

@@ -1,0 +1,123 @@
+"""Core's model-patch nodes and ControlNet / T2I-Adapter on the pack's MODEL give what they give on core's.
+
+Over HTTP, the random SD1.5 checkpoint loaded once by the pack's loader and once by core's
+CheckpointLoaderSimple, the same graph otherwise: loader -> patch node -> core SamplerCustom
+(euler, 3 steps, cfg 5, 128x128 pictures = 16x16 latents) -> SaveLatent. The patches reach the
+U-Net through `transformer_options` (attention patches and replacements, block patches) and the
+control through `control`; the pack's U-Net honours both (unet/hooks.py).
+
+Measure: max |pack - core| / max |core| over the latent. Without patches the two models differ by
+float32 rounding (~1e-6: the same maths in another order, tests/host/test_parity_unet.py); a patch
+applied in the wrong place, with wrong fields or not at all moves the latent by the patch's own
+effect. Bound 1e-3 (the issue's); each patch must move core's latent by at least ten times that
+(`EFFECT`), else equality would prove nothing.
+"""
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import load_file
+
+from support.graphs import NEGATIVE, PROMPT
+
+pytestmark = pytest.mark.server
+
+SIZE, STEPS, SEED, CFG = 128, 3, 7, 5.0
+TOLERANCE = 1e-3
+EFFECT = 10 * TOLERANCE
+
+# core's patch nodes and their inputs (besides the model); chosen to act at a 16x16 latent
+PATCHES = {
+    "FreeU": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},  # output_block_patch
+    "FreeU_V2": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},  # output_block_patch
+    "PerturbedAttentionGuidance": {"scale": 8.0},  # (at 3.0 the effect is 1.3e-2, near the bound)  # attn1 replacement ("middle", 0), extra U-Net call
+    "SelfAttentionGuidance": {"scale": 0.5, "blur_sigma": 2.0},  # attn1 replacement ("middle", 0, 0) reading cond_or_uncond
+    "TomePatchModel": {"ratio": 0.5},  # attn1_patch + attn1_output_patch reading original_shape
+    # attn1_patch + attn1_output_patch: 8x8-token tiles of the 16x16 level; swap_size 1 = no random tiling
+    "HyperTile": {"tile_size": 64, "swap_size": 1, "max_depth": 0, "scale_depth": False},
+}
+
+
+def loader(kind: str, ckpt: str) -> dict:
+    if kind == "pack":
+        return {"class_type": "DiffusionAnatomyCheckpointLoader", "inputs": {"ckpt_name": ckpt, "prediction": "auto"}}
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
+
+
+def graph(kind: str, ckpt: str, patch: str | None = None, control: str | None = None) -> dict:
+    """loader -> [patch] -> SamplerCustom -> SaveLatent, with [ControlNetApplyAdvanced] on the conditioning."""
+    model = ["ckpt", 0]
+    g = {
+        "ckpt": loader(kind, ckpt),
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": PROMPT}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": NEGATIVE}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+    }
+    if patch is not None:
+        g["patch"] = {"class_type": patch, "inputs": {"model": model, **PATCHES[patch]}}
+        model = ["patch", 0]
+    positive, negative = ["pos", 0], ["neg", 0]
+    if control is not None:
+        g["hint"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0x8040C0}}
+        g["cnet"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": control}}
+        g["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": positive, "negative": negative, "control_net": ["cnet", 0], "image": ["hint", 0],
+            "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
+        positive, negative = ["apply", 0], ["apply", 1]
+    g["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": STEPS, "denoise": 1.0}}
+    g["denoise"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": model, "positive": positive, "negative": negative, "latent_image": ["latent", 0],
+        "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "cfg": CFG, "noise_seed": SEED, "add_noise": True}}
+    g["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["denoise", 0],
+                                                        "filename_prefix": f"patches/{kind}_{patch or control or 'plain'}"}}
+    return g
+
+
+def latent(server, g: dict):
+    (path,) = server.output_files(server.run(g), kind="latents")
+    return load_file(str(path))["latent_tensor"].float()
+
+
+def relative(a, b) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def plain(server, sd15):
+    """Core's latent without patch or control, and the pack's; the two differ by rounding only."""
+    core, pack = latent(server, graph("core", sd15)), latent(server, graph("pack", sd15))
+    print(f"no patch: pack vs core {relative(pack, core):.1e}")
+    assert relative(pack, core) <= TOLERANCE
+    return core
+
+
+@pytest.mark.parametrize("patch", list(PATCHES))
+def test_core_patch_node_on_the_packs_model(server, sd15, plain, patch):
+    core = latent(server, graph("core", sd15, patch=patch))
+    pack = latent(server, graph("pack", sd15, patch=patch))
+    difference, effect = relative(pack, core), relative(core, plain)
+    print(f"{patch}: pack vs core {difference:.1e}, patch effect on core {effect:.1e}")  # shown with -rP
+    assert effect >= EFFECT, f"{patch} does not change core's latent at this size: the comparison proves nothing"
+    assert difference <= TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def control_files(comfy):
+    from support.controlnets import sd15_random_controlnet, sd15_random_t2i_adapter
+
+    return {"ControlNet": sd15_random_controlnet(comfy).name, "T2I-Adapter": sd15_random_t2i_adapter(comfy).name}
+
+
+@pytest.mark.parametrize("kind", ["ControlNet", "T2I-Adapter"])
+def test_controlnet_on_the_packs_model(server, sd15, plain, control_files, kind):
+    """Core's ControlNetApplyAdvanced with a random ControlNet / T2I-Adapter built from ComfyUI's classes.
+
+    The control module is core's in both graphs and sees the same inputs, so its residuals agree to
+    rounding and the same bound holds; a residual added at the wrong block (or dropped) moves the
+    latent by the control's effect."""
+    core = latent(server, graph("core", sd15, control=control_files[kind]))
+    pack = latent(server, graph("pack", sd15, control=control_files[kind]))
+    difference, effect = relative(pack, core), relative(core, plain)
+    print(f"{kind}: pack vs core {difference:.1e}, control effect on core {effect:.1e}")
+    assert effect >= EFFECT, f"the {kind} does not change core's latent: the comparison proves nothing"
+    assert difference <= TOLERANCE
