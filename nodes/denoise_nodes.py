@@ -5,6 +5,8 @@ inputs it gives core's latents; it adds checks that say clearly what is wrong wi
 """
 from __future__ import annotations
 
+import math
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -59,6 +61,8 @@ class UNetDenoise:
         }}
 
     def denoise(self, model, positive, negative, latent_image, sampler, sigmas, cfg, seed, add_noise):
+        if not math.isfinite(cfg):  # the widget's min/max checks let NaN through (NaN compares False)
+            raise ValueError(f"U-Net Denoise: cfg={cfg} is not a finite number; use a guidance scale between 0 and 100")
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         check_inputs(model, latent, samples, sigmas)
