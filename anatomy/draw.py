@@ -103,7 +103,7 @@ def grey(values: torch.Tensor, lo: float | None = None, hi: float | None = None)
     return to_pil((values - lo) / (hi - lo if hi > lo else 1.0))
 
 
-def upscale(picture: Image.Image, min_side: int = 128, max_factor: int = 8) -> Image.Image:
+def upscale(picture: Image.Image, min_side: int = 128, max_factor: int = 16) -> Image.Image:
     """Enlarge by a whole factor with nearest-neighbour until the shorter side reaches `min_side`."""
     factor = max(1, min(max_factor, math.ceil(min_side / max(1, min(picture.size)))))
     if factor == 1:
