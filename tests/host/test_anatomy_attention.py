@@ -1,0 +1,62 @@
+"""Cross-attention per word and U-Net levels captured through ComfyUI's model patches, in-process.
+
+On the random full-size SD1.5 checkpoint (fixture `sd15`) loaded by core's loader: sampling with the
+capture patches gives the latent it gives without them, within float32 rounding (the replacement
+computes the same attention with SDPA; core may use another kernel on this machine, hence not
+bit-identity), the maps have the shape and count DAAM's definition gives, and the level shapes are
+those `anatomy.levels.level_shapes` derives from the SD1.5 preset.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+SIZE = 256  # pixels: SD1.5 shapes at a quarter of the area of 512, so a step costs ~1/4 on a CPU
+STEPS = 3
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+@pytest.fixture(scope="module")
+def core_sd15(comfy, sd15):
+    from support.checkpoints import FIXTURES
+
+    model, clip, _vae, _ = comfy.sd.load_checkpoint_guess_config(str(FIXTURES / sd15), output_vae=False, output_clip=True)
+    return model, clip
+
+
+def encode(clip, text):
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def sample(comfy, model, clip, steps=STEPS, size=SIZE, sampler="euler", cfg=5.0):
+    import comfy.sample
+
+    positive, negative = encode(clip, PROMPT), encode(clip, "")
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps)
+    latent = torch.zeros(1, 4, size // 8, size // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler), sigmas, positive, negative,
+                                      latent, seed=0, disable_pbar=True)
+
+
+def test_cross_attention_capture_leaves_sampling_unchanged_and_sums_every_layer(comfy, core_sd15):
+    from diffusion_anatomy.nodes.anatomy_attention_nodes import CrossAttentionCapture
+
+    model, clip = core_sd15
+    plain = sample(comfy, model, clip)
+    patched, maps = CrossAttentionCapture().capture(model)
+    captured = sample(comfy, patched, clip)
+    error = ((captured - plain).abs().max() / plain.abs().max()).item()
+    print(f"relative difference with capture: {error:.2e}")
+    assert error < 1e-5
+    # SD1.5 has 16 transformers (6 down, 1 middle, 9 up), one cross-attention each; euler: one model call per step
+    assert maps.calls == 16 * STEPS and len(maps.sigmas) == STEPS
+    assert maps.sums.shape == (1, 77, SIZE // 8, SIZE // 8)
+    # every layer's attention is a distribution over the 77 tokens at each position: the sums add up to the calls
+    assert torch.allclose(maps.sums.sum(dim=1), torch.full((1, SIZE // 8, SIZE // 8), float(maps.calls)), rtol=1e-4)
+    # a second sampling run starts from zero (ON_PRE_RUN resets the sum)
+    sample(comfy, patched, clip)
+    assert maps.calls == 16 * STEPS
