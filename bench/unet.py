@@ -2,8 +2,8 @@
 
     python bench/unet.py [--runs 5] [--skip-cpu] [--skip-cuda]     (run with the host's Python)
 
-CPU (always): float32, batch 2, 32x32 latent (256x256 image), median of `--runs` forwards each,
-after one warm-up; prints ours/core. CUDA (only where torch sees a GPU): float16, batch 2, 64x64
+CPU (always): float32, batch 2, the embedded tiny model at its 8x8 latent (median of 4 x `--runs`)
+and SD1.5 at a 32x32 latent (256x256 image, median of `--runs`), after one warm-up each; prints ours/core. CUDA (only where torch sees a GPU): float16, batch 2, 64x64
 latent (512x512), steps/s (one step = one forward of the batch) and peak memory of each.
 
 Both models hold the same random weights (one copy: ComfyUI's is built on the meta device and
@@ -52,10 +52,10 @@ def load_comfy(cpu: bool):
     return lambda config: CoreUNet(**comfy_unet_kwargs(config), device="meta")
 
 
-def random_pair(core_unet, device: str, dtype: torch.dtype):
+def random_pair(core_unet, device: str, dtype: torch.dtype, config=SD15):
     """Ours with seeded random weights on `device`, and ComfyUI's holding the very same tensors."""
     with torch.device("meta"):
-        ours = UNetModel(SD15)
+        ours = UNetModel(config)
     gen = torch.Generator(device="cpu").manual_seed(0)
     state = {}
     for name, p in ours.state_dict().items():
@@ -65,16 +65,16 @@ def random_pair(core_unet, device: str, dtype: torch.dtype):
     ours.load_state_dict(state, strict=True, assign=True)
     del state
     with torch.device("meta"):
-        core = core_unet(SD15)
+        core = core_unet(config)
     core.load_state_dict(ours.state_dict(), strict=True, assign=True)
     return ours.eval().requires_grad_(False), core.eval().requires_grad_(False)
 
 
-def inputs(batch: int, size: int, device: str, dtype: torch.dtype):
+def inputs(batch: int, size: int, device: str, dtype: torch.dtype, context_dim: int = 768):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 4, size, size, generator=g).to(device, dtype)
     t = torch.linspace(999, 1, batch).to(device)
-    context = torch.randn(batch, 77, 768, generator=g).to(device, dtype)
+    context = torch.randn(batch, 77, context_dim, generator=g).to(device, dtype)
     return x, t, context
 
 
@@ -91,9 +91,9 @@ def timed(fn, runs: int, sync=lambda: None) -> list[float]:
 
 
 @torch.no_grad()
-def bench_cpu(core_unet, runs: int):
-    ours, core = random_pair(core_unet, "cpu", torch.float32)
-    x, t, context = inputs(2, 32, "cpu", torch.float32)
+def bench_cpu(core_unet, runs: int, name: str = "SD1.5", config=SD15, size: int = 32):
+    ours, core = random_pair(core_unet, "cpu", torch.float32, config)
+    x, t, context = inputs(2, size, "cpu", torch.float32, config.context_dim)
     err = ((ours(x, t, context) - core(x, t, context)).abs().max() / core(x, t, context).abs().max()).item()
     # interleave so that both see the same machine load
     t_ours, t_core = [], []
@@ -101,7 +101,7 @@ def bench_cpu(core_unet, runs: int):
         t_ours += timed(lambda: ours(x, t, context), 1)
         t_core += timed(lambda: core(x, t, context), 1)
     m_ours, m_core = statistics.median(t_ours), statistics.median(t_core)
-    print(f"CPU float32, SD1.5, batch 2, 32x32 latent, {torch.get_num_threads()} threads, median of {runs}:")
+    print(f"CPU float32, {name}, batch 2, {size}x{size} latent, {torch.get_num_threads()} threads, median of {runs}:")
     print(f"  ours {m_ours:.3f} s   core {m_core:.3f} s   ours/core {m_ours / m_core:.3f}   (max rel. diff {err:.1e})")
 
 
@@ -136,6 +136,9 @@ def main():
     cuda = torch.cuda.is_available() and not args.skip_cuda
     core_unet = load_comfy(cpu=not cuda)
     if not args.skip_cpu:
+        from diffusion_anatomy.embedded.config import UNET as EMBEDDED
+
+        bench_cpu(core_unet, args.runs * 4, "embedded tiny model", EMBEDDED, 8)  # a fast forward: more runs
         bench_cpu(core_unet, args.runs)
     if cuda:
         bench_cuda(core_unet, max(args.runs, 20))

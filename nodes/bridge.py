@@ -6,13 +6,13 @@ LoRA patching and every core node work with them unchanged.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import comfy.model_base
 import comfy.model_detection
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
@@ -42,15 +42,15 @@ class ComfyUNet(UNetModel):
         return self.time_embed[0].weight.dtype
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kwargs):
-        if control is not None:
-            raise NotImplementedError("ControlNet is not supported by the Diffusion Anatomy U-Net; load the checkpoint with core's loader for ControlNet")
-        options = transformer_options or {}
-        if (options.get("patches") or options.get("patches_replace")) and not getattr(self, "_warned_patches", False):
-            # weight patches (LoRA) apply through ModelPatcher; forward hooks (FreeU, PAG, ...) need core's U-Net
-            logging.warning("Diffusion Anatomy U-Net: ignoring transformer patches %s (use core's loader for them)",
-                            sorted({*options.get("patches", {}), *options.get("patches_replace", {})}))
-            self._warned_patches = True
-        return super().forward(x, timesteps, context, y)
+        # ComfyUI's diffusion-model wrappers (patcher extensions) wrap this call as they wrap core's U-Net
+        options = transformer_options if transformer_options is not None else {}
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, context, y, control, options, **kwargs)
+
+    def _forward(self, x, timesteps, context, y, control, transformer_options, **kwargs):
+        return super().forward(x, timesteps, context, y, control=control, transformer_options=transformer_options,
+                               interrupt=mm.throw_exception_if_processing_interrupted)
 
 
 def unet_weight_dtype(model_config, parameters: int) -> torch.dtype:
