@@ -6,6 +6,7 @@ from . import (
     anatomy_attention_nodes,
     anatomy_nodes,
     denoise_nodes,
+    lab_nodes,
     model_nodes,
     sampler_nodes,
     schedule_nodes,
@@ -18,6 +19,7 @@ MODULES = (
     schedule_nodes,
     anatomy_nodes,
     anatomy_attention_nodes,
+    lab_nodes,
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
