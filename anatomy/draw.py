@@ -203,6 +203,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str | Non
     width = [max([text_size(header[c], size)[0]] + [text_size(str(r[c]), size)[0] for r in rows]) + 2 * pad for c in range(cols)]
     h = line_height(size) + 2 * pad
     top = text_size(title, size + 2)[1] + 2 * pad if title else 0
+    if title and text_size(title, size + 2)[0] + 2 * pad > sum(width):  # widen the last column so the title fits
+        width[-1] += text_size(title, size + 2)[0] + 2 * pad - sum(width)
     out = Image.new("RGB", (sum(width) + 1, top + h * (len(rows) + 1) + 1), BACKGROUND)
     draw = ImageDraw.Draw(out)
     if title:
