@@ -167,23 +167,18 @@ def choose_words(words: list[Word], chosen: str) -> list[Word]:
     return [w for w in words if w.text.lower() in wanted]
 
 
-def word_heatmaps(sums: torch.Tensor, words: list[Word], all_words: list[Word] | None = None) -> torch.Tensor:
-    """[len(words), H, W] per-word heatmaps from one picture's sums [tokens, H, W].
-
-    A word's map is the sum of its tokens' maps. As in DAAM, each position is then normalised over
-    the prompt's words (BOS, EOS and padding left out: the BOS token takes most of the attention
-    everywhere and would drown the words), so a map says what share of the prompt's attention the
-    word got at each place.
-    """
-    all_words = all_words or words
-    per_word = lambda ws: torch.stack([sums[list(w.positions)].sum(0) for w in ws])  # noqa: E731
-    total = per_word(all_words).sum(0).clamp_min(1e-12)
-    return per_word(words) / total
+def word_heatmaps(sums: torch.Tensor, words: list[Word]) -> torch.Tensor:
+    """[len(words), H, W]: each word's map, the sum of its BPE tokens' maps in one picture's sums
+    [tokens, H, W] (DAAM's default, unnormalised global heat map; DAAM can also divide each place by
+    the attention all words got there, which on the embedded model spreads the maps out: a word's
+    share is high wherever the other words get little)."""
+    return torch.stack([sums[list(w.positions)].sum(0) for w in words])
 
 
 def region_mass(heatmap: torch.Tensor, box: tuple[tuple[int, int], tuple[int, int]]) -> float:
     """Share of a heatmap's mass above its minimum inside the box ((x0, x1), (y0, y1)): the minimum is
-    the attention a word gets everywhere (taken away so that a flat map counts as spread out)."""
+    the attention a word gets everywhere (taken away so that a flat map counts as spread out, and
+    a map's share of a box is that box's share of its area)."""
     (x0, x1), (y0, y1) = box
     m = heatmap - heatmap.min()
     return float(m[y0:y1, x0:x1].sum() / m.sum().clamp_min(1e-12))

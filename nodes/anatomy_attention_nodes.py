@@ -83,8 +83,7 @@ class CrossAttentionCapture:
 class CrossAttentionView:
     DESCRIPTION = ("Cross-attention per word, part 2: one heatmap per word of the prompt over the final picture, showing where "
                    "the U-Net looked at that word while it removed the noise (DAAM: attention summed over heads, layers and "
-                   "steps; each place normalised over the prompt's words, so the colour is the word's share of the prompt's "
-                   "attention there; bright yellow = most). A word of several BPE tokens gets the sum of its tokens. Give it the "
+                   "steps; each map scaled from its own least (dark blue) to its most (yellow)). A word of several BPE tokens gets the sum of its tokens. Give it the "
                    "same prompt text as the positive CLIP Text Encode.")
     CATEGORY = ANATOMY
     RETURN_TYPES = ("IMAGE",)
@@ -121,7 +120,7 @@ class CrossAttentionView:
         sums = am.fold_tokens(sums, n_tokens)
         pictures = []
         for i in range(image.shape[0]):
-            heat = am.word_heatmaps(sums[min(i, sums.shape[0] - 1)], chosen, prompt_words)
+            heat = am.word_heatmaps(sums[min(i, sums.shape[0] - 1)], chosen)
             title = f"cross-attention per word: {len(attention_maps.sigmas)} sigmas, {attention_maps.calls} layer calls summed"
             pictures.append(draw.to_image_batch(am.render_words(image[i], heat, chosen, title)))
         return (torch.cat(pictures).to(mm.intermediate_device()),)
