@@ -6,6 +6,7 @@ LoRA patching and every core node work with them unchanged.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import comfy.model_base
@@ -210,6 +211,9 @@ class ComfyAutoencoder(AutoencoderKL):
         return super().encode(image, generator, interrupt=mm.throw_exception_if_processing_interrupted)
 
 
+GUARD_TILE = 256  # tiles of the fallback when an untiled decode cannot fit: small, for the least memory
+
+
 class ComfyVAE(comfy.sd.VAE):
     """A ComfyUI VAE around the pack's AutoencoderKL.
 
@@ -246,14 +250,14 @@ class ComfyVAE(comfy.sd.VAE):
         need, free = decode_bytes(cfg, 1, height, width, size), mm.get_free_memory(self.device)
         if need <= free:
             return super().decode(samples_in, vae_options)
-        tiled = decode_tiled_bytes(cfg, batch, height, width, 512, size)
+        tiled = decode_tiled_bytes(cfg, batch, height, width, GUARD_TILE, size)
         where = f"{free / 2**30:.2f} GiB available on {self.device}"
         if tiled > free:
             raise MemoryError(f"VAE Decode: {width}x{height} images, batch {batch}, need about {need / 2**30:.2f} GiB per image to decode "
                               f"({tiled / 2**30:.2f} GiB for the batch tiled) but {where}; decode a smaller latent or fewer images")
-        logging.info("Diffusion Anatomy VAE: decoding %dx%d, batch %d, in 512-pixel tiles: untiled needs about %.2f GiB per image, %s",
-                     width, height, batch, need / 2**30, where)
-        return self._decode_tiled(samples_in, 512, granularity="level").movedim(1, -1)
+        logging.info("Diffusion Anatomy VAE: decoding %dx%d, batch %d, in %d-pixel tiles: untiled needs about %.2f GiB per image, %s",
+                     width, height, batch, GUARD_TILE, need / 2**30, where)
+        return self._decode_tiled(samples_in, GUARD_TILE, granularity="level").movedim(1, -1)
 
     def decode_tiled_(self, samples, tile_x=64, tile_y=64, overlap=16):
         # ComfyUI's fallback after running out of memory: the pack's lowest-memory tiling

@@ -15,7 +15,7 @@ plus its halo, about 1.5x the tile side); measured 729 MiB for the tiny VAE at 2
 this gives 812 MiB, and 1249 MiB for SD's at 1024^2 where it gives 1928 MiB:
 
     tiled bytes = 64 MiB + (ch * ch_mult[1] / 4 + 6) * H * W * batch * dtype_bytes
-                         + 5.5 * ch * (1.5 * tile)^2 * dtype_bytes
+                         + 5.5 * ch * min(1.5 * tile, H) * min(1.5 * tile, W) * dtype_bytes
 """
 from __future__ import annotations
 
@@ -34,5 +34,5 @@ def decode_tiled_bytes(cfg: VAEConfig, batch: int, height: int, width: int, tile
     """Estimated peak activation memory (bytes) of `decode_tiled(..., granularity="level")`."""
     second = cfg.ch * (cfg.ch_mult[1] if len(cfg.ch_mult) > 1 else cfg.ch_mult[0])
     held = (second / 4 + 6) * height * width * batch
-    one_tile = MAPS * cfg.ch * (1.5 * min(tile, max(height, width))) ** 2
+    one_tile = MAPS * cfg.ch * min(1.5 * tile, height) * min(1.5 * tile, width)
     return int(FIXED_BYTES + (held + one_tile) * dtype_bytes)
