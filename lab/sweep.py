@@ -32,7 +32,7 @@ import torch
 from ..samplers.registry import REGISTRY, SamplerInfo
 from ..samplers.runner import run_sampler
 from ..samplers.schedules import SCHEDULES
-from .reference import reference_calls, sample_reference
+from .reference import MAX_LOG_STEP, reference_calls, sample_reference
 
 OWN_REFERENCE_FACTOR = 8  # a pathwise-stochastic sampler's reference: its own run at 8x the sweep's largest step count
 Fn = Callable  # a k-diffusion sampler function: fn(model, x, sigmas, extra_args=None, callback=None, disable=None)
@@ -261,7 +261,7 @@ def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress
         calls += counter["calls"]
     seconds = time.perf_counter() - t0
     how = (f"Heun from jump to jump of the model's timestep ({len(backend.model_sigmas) if backend.model_sigmas is not None else 0}-entry sigma table), "
-           f"at most 0.05 in log sigma per step, sigma {positive[0]:.4g} to {positive[-1]:.4g}, then x = D(x, sigma_last)")
+           f"at most {MAX_LOG_STEP} in log sigma per step, sigma {positive[0]:.4g} to {positive[-1]:.4g}, then x = D(x, sigma_last)")
     ref = Reference(out[False], how, calls, seconds, relative_error(out[False], out[True]) if verify else None)
     if len(REFERENCE_CACHE) >= CACHE_LIMIT:
         REFERENCE_CACHE.pop(next(iter(REFERENCE_CACHE)))

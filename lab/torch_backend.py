@@ -22,6 +22,7 @@ class TorchBackend:
     shape: tuple[int, ...]  # [1, C, h, w] of the latent
     seed: int
     name: str = "model"
+    identity: str = ""  # what the weights are (file, size, mtime) for the reference cache; the U-Net object's id when empty
 
     @property
     def model_sigmas(self) -> torch.Tensor:
@@ -40,7 +41,7 @@ class TorchBackend:
 
     def key(self) -> tuple:
         d = self.denoiser
-        return ("torch", self.name, id(d.unet), fingerprint(d.context, d.uncond), d.cfg, self.seed, tuple(self.shape))
+        return ("torch", self.identity or id(d.unet), fingerprint(d.context, d.uncond), d.cfg, self.seed, tuple(self.shape))
 
     @torch.no_grad()
     def pictures(self, latents: list[torch.Tensor]) -> torch.Tensor:
@@ -64,4 +65,6 @@ def embedded_backend(prompt: str, negative: str = "", cfg: float = 5.0, seed: in
         context = Prompts(bpe, model.text_encoder).encode(model.text_encoder, [prompt, negative])
     denoiser = DiscreteEpsDenoiser(model.unet, context[:1], context[1:], cfg)
     side = IMAGE_SIZE // model.config.vae.downscale
-    return TorchBackend(denoiser, model.vae, (1, model.config.unet.in_channels, side, side), seed, name=path.name)
+    stat = path.stat()
+    return TorchBackend(denoiser, model.vae, (1, model.config.unet.in_channels, side, side), seed, name=path.name,
+                        identity=f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
