@@ -62,7 +62,7 @@ class ForwardDiffusion:
             "required": {
                 "model": ("MODEL", {"tooltip": "The model whose noise schedule (sigma for each timestep t) is used."}),
                 "vae": ("VAE", {"tooltip": "Encodes the picture to a latent (when `image` is given) and decodes each x_t to show it."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Seed of the noise eps; the same seed gives U-Net Denoise's noise."}),
                 "count": ("INT", {"default": 6, "min": 1, "max": 64,
                                   "tooltip": "How many timesteps, evenly spaced from 0 to the last (999), when `timesteps` is empty."}),
