@@ -81,6 +81,11 @@ class CrossAttentionMaps:
     def reset(self) -> None:
         self.sums, self.calls, self.sigmas = None, 0, []
 
+    def __deepcopy__(self, memo):
+        """ComfyUI deep-copies a model's options on every clone (a LoRA or another patch after the capture):
+        the copy must keep recording into this one, which the view reads."""
+        return self
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
         out = attention_output(q, k, v, heads)

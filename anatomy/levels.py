@@ -85,6 +85,10 @@ class LevelRecorder:
     def reset(self) -> None:
         self.features, self.steps = {}, None
 
+    def __deepcopy__(self, memo):
+        """Shared, not copied, when ComfyUI clones the model (see CrossAttentionMaps.__deepcopy__)."""
+        return self
+
     def _take(self, name: str, h: torch.Tensor, options: dict) -> None:
         sample_sigmas = options.get("sample_sigmas")
         sigma = options.get("sigmas")

@@ -60,3 +60,25 @@ def test_cross_attention_capture_leaves_sampling_unchanged_and_sums_every_layer(
     # a second sampling run starts from zero (ON_PRE_RUN resets the sum)
     sample(comfy, patched, clip)
     assert maps.calls == 16 * STEPS
+
+
+def test_views_draw_on_core_models(comfy, core_sd15):
+    """Both views run on core's U-Net and CLIP: the words are the prompt's, the level shapes are the preset's."""
+    from diffusion_anatomy.anatomy import levels as lv
+    from diffusion_anatomy.nodes import anatomy_attention_nodes as nodes
+    from diffusion_anatomy.unet import SD15
+
+    model, clip = core_sd15
+    patched, maps = nodes.CrossAttentionCapture().capture(model)
+    patched, levels = nodes.UNetLevelsCapture().capture(patched, step=1)
+    sample(comfy, patched, clip, steps=2)
+    picture = torch.rand(1, SIZE, SIZE, 3)
+    (image,) = nodes.CrossAttentionView().view(maps, picture, clip, PROMPT, "astronaut, horse")
+    assert image.shape[0] == 1 and image.shape[-1] == 3 and image.shape[2] >= 3 * 192  # picture + 2 words
+    assert [(x.name, x.shape) for x in levels.levels()] == [(x.name, x.shape) for x in lv.level_shapes(SD15, SIZE // 8, SIZE // 8)]
+    (u,) = nodes.UNetLevelsView().view(levels, picture, "pca_rgb")
+    assert u.shape[2] == (lv.PANEL + 12) * 24 + 12 + 2 * lv.PANEL + 12
+    with pytest.raises(ValueError, match="words: 'zebra' not in the prompt"):
+        nodes.CrossAttentionView().view(maps, picture, clip, PROMPT, "zebra")
+    with pytest.raises(ValueError, match="step: 5 is out of range"):
+        sample(comfy, nodes.UNetLevelsCapture().capture(model, step=5)[0], clip, steps=2)

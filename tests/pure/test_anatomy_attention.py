@@ -211,3 +211,14 @@ def test_pictures_have_the_layout_sizes():
     words = [am.Word("red", (1,)), am.Word("circle", (2,))]
     img = am.render_words(torch.rand(64, 64, 3, generator=g), torch.rand(2, 8, 8, generator=g), words, "t", panel=192)
     assert img.width >= 3 * 192 and img.height >= 192
+
+
+def test_recorders_survive_a_deep_copy_of_the_model_options():
+    """ComfyUI's ModelPatcher.clone deep-copies model_options: the patches must still feed the handle."""
+    import copy
+
+    maps, rec = am.CrossAttentionMaps(), lv.LevelRecorder(step=0)
+    options = {"patches_replace": {"attn2": {("input", 1): maps}}, "patches": {"input_block_patch": [rec.input_block_patch]}}
+    copied = copy.deepcopy(options)
+    assert copied["patches_replace"]["attn2"][("input", 1)] is maps
+    assert copied["patches"]["input_block_patch"][0].__self__ is rec
