@@ -5,6 +5,7 @@ Every node id starts with `PREFIX` so it cannot collide with another pack's.
 from . import (
     anatomy_attention_nodes,
     anatomy_nodes,
+    compile_nodes,
     denoise_nodes,
     lab_nodes,
     model_nodes,
@@ -20,6 +21,7 @@ MODULES = (
     anatomy_nodes,
     anatomy_attention_nodes,
     lab_nodes,
+    compile_nodes,
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

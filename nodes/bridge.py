@@ -23,6 +23,7 @@ import torch
 from ..clip.encoder import SD1, SD2, SDXL, TextEncoder, TextEncoderConfig
 from ..embedded.config import CLIP_CONFIG_METADATA_KEY, VAE_CONFIG_METADATA_KEY, from_metadata
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
+from ..unet.blocks import preferred_memory_format
 from ..unet.model import UNetModel
 from ..vae.config import PRESETS as VAE_PRESETS, VAEConfig
 from ..vae.memory import decode_bytes, decode_tiled_bytes
@@ -87,7 +88,8 @@ def comfy_model(unet: UNetModel, family: str, prediction: str, latent_scale: flo
     with torch.device("meta"):
         ours = ComfyUNet(unet.config)
     ours.load_state_dict(state, strict=True, assign=True)  # same tensors, ComfyUI's call signature
-    model.diffusion_model = ours.to(dtype).eval().requires_grad_(False)
+    ours = ours.to(dtype, memory_format=preferred_memory_format(mm.get_torch_device()))  # channels_last on CUDA
+    model.diffusion_model = ours.eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
