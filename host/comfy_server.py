@@ -160,6 +160,10 @@ class ComfyServer:
                 files.append(self.work / base / item.get("subfolder", "") / item["filename"])
         return files
 
+    def saved_files(self, outputs: dict) -> list[Path]:
+        """The pictures written to the output folder (SaveImage), without those nodes only show (temp)."""
+        return [f for f in self.output_files(outputs) if f.parent.relative_to(self.work).parts[0] == "output"]
+
 
 def describe_validation_error(detail: dict) -> str:
     err = detail.get("error", {})

@@ -70,6 +70,8 @@ def to_ui(graph: dict, object_info: dict) -> dict:
                 inputs.append(entry)
             elif is_widget(spec):
                 widgets.extend(widget_values(spec, value))
+            elif name in info["input"].get("optional", {}):
+                continue  # an optional input left unconnected
             else:
                 raise ValueError(f"node {nid} ({node['class_type']}): input {name!r} is neither linked nor a widget")
         d = depth_of(nid)

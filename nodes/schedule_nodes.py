@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..samplers.schedules import SCHEDULES, Schedule, calculate_sigmas
+from ..anatomy.sigmas import sigma_plot
 from .common import CATEGORY, PREFIX, widget
+from .view_output import shown
 
 STEPS = ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Number of sampling steps (sigmas returned: steps + 1)."})
 DENOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -63,45 +65,41 @@ def schedule_node(name: str, entry: Schedule) -> type:
 
 
 class PlotSigmas:
-    """Draws a sigma schedule as an image: log(sigma) against step, one dot per sigma."""
+    """Draws one or several sigma schedules as a line plot with real axes."""
 
-    DESCRIPTION = "Draw a SIGMAS schedule as a picture: log sigma (vertical) against the step (horizontal); the last sigma (0) sits on the bottom edge."
+    DESCRIPTION = ("The noise schedule as a plot: sigma, the noise level (on a log axis by default), against the step number, with "
+                   "ticks and values on both axes. Up to four SIGMAS overlaid in colours with a legend, to compare schedules: "
+                   "the sampler walks these sigmas from pure noise (the largest) down to 0, the clean picture.")
     CATEGORY = f"{CATEGORY}/schedules"
     RETURN_TYPES = ("IMAGE",)
-    OUTPUT_TOOLTIPS = ("The plot, white dots on black, as an IMAGE batch of one.",)
+    OUTPUT_TOOLTIPS = ("The plot as an IMAGE batch of one.",)
+    OUTPUT_NODE = True  # shows the plot in the node
     FUNCTION = "plot"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "sigmas": ("SIGMAS", {"tooltip": "A descending schedule, e.g. from BasicScheduler."}),
-            "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Image width in pixels."}),
-            "height": ("INT", {"default": 256, "min": 64, "max": 4096, "step": 8, "tooltip": "Image height in pixels."}),
-        }}
+        return {
+            "required": {
+                "sigmas": ("SIGMAS", {"tooltip": "A descending schedule, e.g. from a scheduler node."}),
+                "width": ("INT", {"default": 640, "min": 64, "max": 4096, "step": 8, "tooltip": "Image width in pixels."}),
+                "height": ("INT", {"default": 360, "min": 64, "max": 4096, "step": 8, "tooltip": "Image height in pixels."}),
+            },
+            "optional": {
+                "log_sigma": ("BOOLEAN", {"default": True, "tooltip": "Sigma on a log axis (the final 0 then falls off the plot)."}),
+                "labels": ("STRING", {"default": "", "tooltip": "Legend names for sigmas, sigmas_2, ... separated by commas (default: the input names)."}),
+                "sigmas_2": ("SIGMAS", {"tooltip": "Another schedule to overlay."}),
+                "sigmas_3": ("SIGMAS", {"tooltip": "Another schedule to overlay."}),
+                "sigmas_4": ("SIGMAS", {"tooltip": "Another schedule to overlay."}),
+            },
+        }
 
-    def plot(self, sigmas, width, height):
-        return (plot_sigmas(sigmas, width, height),)
-
-
-def plot_sigmas(sigmas: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    sigmas = sigmas.detach().float().cpu()
-    if sigmas.ndim != 1 or len(sigmas) < 1:
-        raise ValueError(f"PlotSigmas needs a 1-D SIGMAS tensor, got shape {tuple(sigmas.shape)}")
-    positive = sigmas[sigmas > 0]
-    if len(positive) == 0:
-        raise ValueError("PlotSigmas: every sigma is 0; nothing to plot")
-    logs = torch.where(sigmas > 0, sigmas.clamp_min(positive.min()).log(), positive.min().log())
-    lo, hi = float(logs.min()), float(logs.max())
-    span = hi - lo or 1.0
-    image = torch.zeros(1, height, width, 3)
-    n, margin = len(sigmas), 4
-    for i in range(n):
-        px = margin + round(i * (width - 2 * margin - 1) / max(n - 1, 1))
-        py = margin + round((hi - float(logs[i])) / span * (height - 2 * margin - 1))
-        if sigmas[i] <= 0:
-            py = height - 1 - margin
-        image[0, max(py - 2, 0):py + 3, max(px - 2, 0):px + 3, :] = 1.0
-    return image
+    def plot(self, sigmas, width, height, log_sigma=True, labels="", sigmas_2=None, sigmas_3=None, sigmas_4=None):
+        named = [(n, s) for n, s in (("sigmas", sigmas), ("sigmas_2", sigmas_2), ("sigmas_3", sigmas_3), ("sigmas_4", sigmas_4)) if s is not None]
+        given = [x.strip() for x in labels.split(",")] if labels.strip() else []
+        schedules = [(given[k] if k < len(given) and given[k] else n, s) for k, (n, s) in enumerate(named)]
+        if width < 320 or height < 200:
+            raise ValueError(f"Plot Sigmas: width {width} x height {height} is too small for the axes and labels; use at least 320 x 200")
+        return shown(sigma_plot(schedules, log_sigma, width, height))
 
 
 NODE_CLASS_MAPPINGS = {f"{PREFIX}PlotSigmas": PlotSigmas, f"{PREFIX}Scheduler": Scheduler}

@@ -35,23 +35,29 @@ def test_web_extension_is_served(server):
 
 
 def test_sigma_plot_graph_runs_over_http(server):
-    steps = 9
+    """Two schedules overlaid: each in its colour, each line falling from left to right (sigma descends)."""
+    from diffusion_anatomy.anatomy.draw import PALETTE
+
     graph = {
-        "1": {"class_type": "KarrasScheduler", "inputs": {"steps": steps, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0}},
-        "2": {"class_type": "DiffusionAnatomyPlotSigmas", "inputs": {"sigmas": ["1", 0], "width": 256, "height": 128}},
+        "1": {"class_type": "KarrasScheduler", "inputs": {"steps": 9, "sigma_max": 14.6, "sigma_min": 0.03, "rho": 7.0}},
+        "4": {"class_type": "ExponentialScheduler", "inputs": {"steps": 9, "sigma_max": 14.6, "sigma_min": 0.03}},
+        "2": {"class_type": "DiffusionAnatomyPlotSigmas", "inputs": {"sigmas": ["1", 0], "sigmas_2": ["4", 0], "width": 640, "height": 360,
+                                                                    "log_sigma": True, "labels": "karras, exponential"}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "plot"}},
     }
-    files = server.output_files(server.run(graph))
+    files = server.saved_files(server.run(graph))
     assert len(files) == 1
-    pixels = np.asarray(Image.open(files[0]).convert("L")) > 127
-    # steps+1 sigmas -> steps+1 separate dots: count runs of lit columns.
-    lit = pixels.any(axis=0)
-    runs = int(np.sum(lit[1:] & ~lit[:-1]) + lit[0])
-    assert runs == steps + 1
-    # log sigma decreases: each dot's row is below (greater than) the previous one.
-    starts = np.flatnonzero(lit & ~np.concatenate([[False], lit[:-1]]))
-    rows = [np.flatnonzero(pixels[:, c + 2])[0] for c in starts]
-    assert rows == sorted(rows) and rows[0] < rows[-1]
+    pixels = np.asarray(Image.open(files[0]).convert("RGB")).astype(np.int16)
+    assert pixels.shape == (360, 640, 3)
+    ink = (pixels.sum(-1) < 100).sum(0)
+    frame_right = np.flatnonzero(ink > 0.5 * pixels.shape[0])[-1]  # the plot's right edge; the legend sits beyond it
+    for colour in PALETTE[:2]:
+        mask = np.abs(pixels - np.array(colour)).sum(-1) < 30
+        mask[:, frame_right:] = False
+        cols = np.flatnonzero(mask.any(0))
+        assert len(cols) > 250, f"{colour}: the line spans only {len(cols)} columns"
+        tops = [np.flatnonzero(mask[:, c])[0] for c in cols[::10]]
+        assert all(b >= a - 3 for a, b in zip(tops, tops[1:])), f"{colour}: sigma does not fall from left to right"
 
 
 def test_bad_input_is_reported_and_server_keeps_serving(server):
@@ -62,8 +68,9 @@ def test_bad_input_is_reported_and_server_keeps_serving(server):
     }
     with pytest.raises(ComfyError, match="width"):
         server.run(bad)
-    bad["2"]["inputs"]["width"] = 128
-    assert len(server.output_files(server.run(bad))) == 1
+    bad["2"]["inputs"]["width"] = 320
+    bad["2"]["inputs"]["height"] = 200
+    assert len(server.saved_files(server.run(bad))) == 1
 
 
 def test_readme_lists_every_hand_written_node(server):

@@ -61,12 +61,12 @@ def test_api_workflow_runs_and_writes_its_images(server, sd15, path):
                         server.work / "input" / node["inputs"]["image"])
     outputs = server.run(graph)
     saves = [nid for nid, n in graph.items() if n["class_type"] == "SaveImage"]
-    files = server.output_files(outputs)
+    files = server.saved_files(outputs)
     assert len(files) == len(saves)
     images = {f.name.rsplit("_", 2)[0]: np.asarray(Image.open(f).convert("RGB")).astype(np.int16) for f in files}
     for img in images.values():
         assert img.ndim == 3 and img.std() > 1
-    if uses_embedded_model(graph):
+    if uses_embedded_model(graph) and not path.stem.startswith("anatomy_"):  # anatomy views: tests/server/test_anatomy_workflows.py
         cap = shapes.parse(positive_prompt(graph))
         for name, img in images.items():
             reading = shapes.read(torch.from_numpy(img), cap)

@@ -1,0 +1,216 @@
+"""The bundled anatomy workflows: written from the stage lists below, in both formats, and rendered.
+
+    .host/venv/bin/python host/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/anatomy_*.json
+    .host/venv/bin/python host/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
+
+Each workflow is a list of stages in the source document's order; a stage becomes a group in the
+editor with a Note that says, in the document's words, what happens there. The editor version is
+made from the API version by host/ui_workflow.py (a live server's /object_info orders the widgets).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+EMBEDDED = "DiffusionAnatomy/tiny_shapes_sd1.safetensors"
+PROMPT = "a large red circle at the top left on a blue background"
+P = "DiffusionAnatomy"
+
+NOTES = {
+    "model": "Stable Diffusion is three models: CLIP reads the text, the U-Net removes noise in the latent space, the VAE turns the "
+             "latent into a picture. This is the pack's embedded tiny model (64x64 pictures of coloured shapes).",
+    "text": "CLIP turns the prompt into tokens (77 per chunk: BOS, up to 75 words, EOS, padding) and then into the conditioning the "
+            "U-Net's cross-attention reads.",
+    "tokens": "Tokens: how CLIP reads the prompt: byte-pair pieces, their ids, the weights from (word:1.2), BOS/EOS/padding.",
+    "sample": "Reverse diffusion (denoising): start from pure Gaussian noise and let the U-Net remove noise step by step, guided by "
+              "the prompt (classifier-free guidance), as the sampler and the schedule say.",
+    "forward": "Forward diffusion: take the real picture x0 and add Gaussian noise step by step (a Markov chain): x_t = sqrt(abar_t) x0 "
+               "+ sqrt(1 - abar_t) eps. Each picture is labelled with t, sigma_t and sqrt(abar_t).",
+    "reverse_from_t": "Reverse diffusion from a chosen point: the latent noised to t = 500 goes back into U-Net Denoise (add_noise "
+                      "off, the sigmas from t down to 0), and the U-Net brings a picture back.",
+    "steps": "Denoising Steps: the recorder wraps the sampler and keeps what it does at every step: the noisy x_t and the U-Net's "
+             "prediction of the clean picture x0. The sampling itself is unchanged; the strip updates live while it runs.",
+    "latent": "The latent space: the U-Net works on a latent 8 times smaller each side (4x64x64 for 512x512; 4x8x8 here). The VAE "
+              "decoder turns it into the picture.",
+    "sigmas": "Samplers and schedules: the sampler walks a descending list of noise levels sigma from pure noise to 0. Different "
+              "schedules spend their steps differently; here three side by side on a log axis.",
+}
+
+
+class Graph:
+    """An API-format graph built node by node, remembering which stage each node belongs to."""
+
+    def __init__(self):
+        self.nodes: dict[str, dict] = {}
+        self.stages: list[tuple[str, str, list[str]]] = []  # (title, note, node ids)
+
+    def stage(self, title: str, note: str) -> None:
+        self.stages.append((title, note, []))
+
+    def add(self, class_type: str, title: str | None = None, **inputs) -> str:
+        nid = str(len(self.nodes) + 1)
+        self.nodes[nid] = {"class_type": class_type, "inputs": inputs, **({"_meta": {"title": title}} if title else {})}
+        self.stages[-1][2].append(nid)
+        return nid
+
+
+def base(g: Graph, prompt: str = PROMPT) -> dict:
+    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    g.stage("2. Text -> CLIP -> conditioning", NOTES["text"])
+    pos = g.add(f"{P}CLIPTextEncode", "Positive prompt", clip=[ckpt, 1], text=prompt)
+    neg = g.add(f"{P}CLIPTextEncode", "Negative prompt", clip=[ckpt, 1], text="")
+    return {"ckpt": ckpt, "pos": pos, "neg": neg}
+
+
+def text_to_image(g: Graph, n: dict, sampler_node: list | None = None, steps: int = 20, seed: int = 42, stage: bool = True) -> str:
+    if stage:
+        g.stage("Reverse diffusion: noise -> picture", NOTES["sample"])
+    latent = g.add(f"{P}EmptyLatent", model=[n["ckpt"], 0], width=64, height=64, batch_size=1)
+    sigmas = g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler="karras", steps=steps, denoise=1.0)
+    if sampler_node is None:
+        sampler_node = [g.add(f"{P}Sampler_dpmpp_2m", "DPM++ 2M"), 0]
+    return g.add(f"{P}UNetDenoise", model=[n["ckpt"], 0], positive=[n["pos"], 0], negative=[n["neg"], 0], latent_image=[latent, 0],
+                 sampler=sampler_node, sigmas=[sigmas, 0], cfg=5.0, seed=seed, add_noise=True)
+
+
+def save(g: Graph, image: list, prefix: str) -> str:
+    return g.add("SaveImage", images=image, filename_prefix=prefix)
+
+
+def tokens(g: Graph, n: dict) -> None:
+    g.stage("Tokens: how CLIP reads the prompt", NOTES["tokens"])
+    t = g.add(f"{P}Tokens", clip=[n["ckpt"], 1], text="a large (red:1.2) circle at the top left on a blue background", show_padding=False)
+    save(g, [t, 0], "anatomy_tokens")
+
+
+def forward(g: Graph, n: dict, x0: str) -> None:
+    g.stage("Forward diffusion: picture -> noise", NOTES["forward"])
+    f = g.add(f"{P}ForwardDiffusion", model=[n["ckpt"], 0], vae=[n["ckpt"], 2], seed=7, count=6, timesteps="0, 100, 250, 500, 750, 999",
+              chosen_t=500, steps=10, latent=[x0, 0])
+    save(g, [f, 0], "anatomy_forward")
+    g.stage("Reverse diffusion from t = 500", NOTES["reverse_from_t"])
+    sampler = g.add(f"{P}SamplerSelect", "Euler", sampler="euler")
+    back = g.add(f"{P}UNetDenoise", model=[n["ckpt"], 0], positive=[n["pos"], 0], negative=[n["neg"], 0], latent_image=[f, 1],
+                 sampler=[sampler, 0], sigmas=[f, 2], cfg=5.0, seed=0, add_noise=False)
+    dec = g.add(f"{P}VAEDecode", samples=[back, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
+    save(g, [dec, 0], "anatomy_reverse_from_t")
+
+
+def steps_view(g: Graph, n: dict) -> str:
+    g.stage("Reverse diffusion, step by step", NOTES["steps"])
+    sampler = g.add(f"{P}Sampler_dpmpp_2m", "DPM++ 2M")
+    rec = g.add(f"{P}DenoisingStepsRecorder", sampler=[sampler, 0], every=2, live_preview=True, vae=[n["ckpt"], 2])
+    out = text_to_image(g, n, [rec, 0], stage=False)
+    view = g.add(f"{P}DenoisingSteps", steps=[rec, 1], vae=[n["ckpt"], 2], samples=[out, 0], show_noise=True, max_columns=10)
+    save(g, [view, 0], "anatomy_denoising_steps")
+    return out
+
+
+def latent_view(g: Graph, n: dict, out: str) -> None:
+    g.stage("The latent and the VAE decoder", NOTES["latent"])
+    v = g.add(f"{P}LatentChannels", samples=[out, 0], model=[n["ckpt"], 0], vae=[n["ckpt"], 2])
+    save(g, [v, 0], "anatomy_latent_channels")
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
+    save(g, [dec, 0], "anatomy_picture")
+
+
+def sigma_view(g: Graph, n: dict) -> None:
+    g.stage("Samplers walk a noise schedule", NOTES["sigmas"])
+    ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
+    plot = g.add(f"{P}PlotSigmas", sigmas=[ids[0], 0], sigmas_2=[ids[1], 0], sigmas_3=[ids[2], 0], width=640, height=360,
+                 log_sigma=True, labels="karras, normal, exponential")
+    save(g, [plot, 0], "anatomy_sigmas")
+
+
+def build() -> dict[str, Graph]:
+    graphs = {}
+
+    g = Graph(); n = base(g); tokens(g, n); graphs["anatomy_tokens"] = g
+    g = Graph(); n = base(g); out = text_to_image(g, n); forward(g, n, out); graphs["anatomy_forward_diffusion"] = g
+    g = Graph(); n = base(g); steps_view(g, n); graphs["anatomy_denoising_steps"] = g
+    g = Graph(); n = base(g); out = text_to_image(g, n); latent_view(g, n, out); graphs["anatomy_latent_channels"] = g
+    g = Graph(); n = base(g); sigma_view(g, n); graphs["anatomy_sigma_plot"] = g
+    # the tour, in the document's order: CLIP reads the text; the diffusion process, forward then reverse
+    # (step by step); the latent and the VAE decoder; the samplers' schedules
+    g = Graph(); n = base(g); tokens(g, n)
+    out = steps_view(g, n)
+    forward(g, n, out)
+    latent_view(g, n, out)
+    sigma_view(g, n)
+    graphs["anatomy_tour"] = g
+    return graphs
+
+
+def ui_with_groups(graph: Graph, info: dict) -> dict:
+    """The editor workflow: nodes laid out stage by stage (one column each), a group around each stage, a Note at its top."""
+    from ui_workflow import to_ui
+
+    ui = to_ui(graph.nodes, info)
+    by_api = {nid: node for nid, node in zip(graph.nodes, ui["nodes"])}
+    x = 40
+    groups, notes = [], []
+    next_id = ui["last_node_id"]
+    for title, note, ids in graph.stages:
+        width = 420
+        y = 120
+        next_id += 1
+        notes.append({"id": next_id, "type": "Note", "pos": [x + 10, 60], "size": [width - 20, 110], "flags": {}, "order": 0, "mode": 0,
+                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note], "title": "What happens here",
+                      "color": "#432", "bgcolor": "#653"})
+        y = 190
+        for nid in ids:
+            node = by_api[nid]
+            height = 420 if node["type"].startswith(P) and node["type"][len(P):] in VIEW_NODES else 230
+            node["pos"], node["size"] = [x + 10, y], [width - 20, height - 30]
+            y += height
+        groups.append({"title": title, "bounding": [x, 20, width, y - 10], "color": "#3f789e", "font_size": 20, "flags": {}})
+        x += width + 30
+    ui["nodes"] += notes
+    ui["groups"] = groups
+    ui["last_node_id"] = next_id
+    return ui
+
+
+VIEW_NODES = {"Tokens", "ForwardDiffusion", "DenoisingStepsRecorder", "DenoisingSteps", "LatentChannels", "PlotSigmas"}
+
+
+def main() -> None:
+    from comfy_server import ComfyServer
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--render", action="store_true", help="run each API graph and copy its saved pictures to docs/anatomy/")
+    args = ap.parse_args()
+    graphs = build()
+    server = ComfyServer.start(Path(tempfile.mkdtemp()))
+    try:
+        info = server.get("/object_info")
+        for name, g in graphs.items():
+            (REPO / "workflows/api" / f"{name}.json").write_text(json.dumps(g.nodes, indent=1) + "\n")
+            (REPO / "workflows" / f"{name}.json").write_text(json.dumps(ui_with_groups(g, info), indent=1) + "\n")
+            print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+        if args.render:
+            docs = REPO / "docs/anatomy"
+            docs.mkdir(parents=True, exist_ok=True)
+            for name, g in graphs.items():
+                if name == "anatomy_tour":
+                    continue  # the tour shows the same views
+                for f in server.saved_files(server.run(g.nodes)):
+                    if f.name.startswith("anatomy_picture"):
+                        continue  # the plain picture, not a view
+                    target = docs / (f.name.rsplit("_", 2)[0].removeprefix("anatomy_") + ".png")
+                    shutil.copy(f, target)
+                    print(f"rendered {target.relative_to(REPO)}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

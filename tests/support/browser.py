@@ -1,0 +1,312 @@
+"""A real browser on the real server: headless Chromium driven over the DevTools protocol.
+
+Debian's `chromium` (installed by host/install_browser.sh, which host/test.sh runs) is started
+headless with a private profile; this module talks to it over one websocket with the
+`websocket-client` package the suite already pins (no WebDriver, no browser download). The API is
+small on purpose:
+
+    with Browser.start() as page:
+        page.open_app(server.url)                   # ComfyUI's frontend, ready to use
+        page.load_workflow(json.loads(path.read_text()))
+        page.nodes()                                 # [{id, type, title, size, pos, widgets}, ...]
+        page.missing_node_types()                    # node types the frontend could not find
+        prompt_id = page.queue()                     # the frontend's own "Queue" button action
+        page.wait_for_execution(prompt_id)           # success or BrowserError with the server's text
+        page.node_image_urls(node_id)                # /view URLs the node shows
+        page.pack_errors()                           # console errors that come from the pack
+        page.screenshot(path)                        # PNG of the page
+        page.evaluate("js expression")               # anything else (awaits promises)
+
+Console errors are collected all the time (console.error, uncaught exceptions, failed requests);
+`pack_errors()` keeps those whose URL lies under /extensions/<pack folder>/ or whose text names
+DiffusionAnatomy, so a broken frontend of ComfyUI itself does not fail the pack's tests.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import websocket  # websocket-client, pinned in host/constraints.txt
+
+PACK_FOLDER = "comfyui-diffusion-anatomy"  # as host/comfy_server.py links the pack
+PACK_MARKERS = (f"/extensions/{PACK_FOLDER}/", f"/workflow_templates/{PACK_FOLDER}/", "DiffusionAnatomy", "Diffusion Anatomy")
+# The frontend asks api.comfy.org about every node type it sees (registry look-ups); offline, the
+# page's security policy blocks those requests and logs an error naming the node type. Not the pack's.
+NOT_THE_PACK = ("https://api.comfy.org/",)
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+class BrowserError(RuntimeError):
+    """The browser or the page failed; the message says what the page reported."""
+
+
+@dataclass(frozen=True)
+class ConsoleMessage:
+    level: str  # "error", "warning", "exception", "network"
+    text: str
+    url: str = ""
+
+    def from_pack(self) -> bool:
+        if any(m in self.text for m in NOT_THE_PACK):
+            return False
+        return any(m in self.url or m in self.text for m in PACK_MARKERS)
+
+
+def find_chromium() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BrowserError("no Chromium found on PATH: run host/install_browser.sh (Debian package `chromium`)")
+
+
+class Browser:
+    """One headless Chromium with one page, driven over the DevTools protocol."""
+
+    def __init__(self, process: subprocess.Popen, profile: Path, ws: websocket.WebSocket):
+        self.process, self.profile, self.ws = process, profile, ws
+        self._ids = itertools.count(1)
+        self.console: list[ConsoleMessage] = []
+
+    # --- life cycle ---
+    @classmethod
+    def start(cls, width: int = 1600, height: int = 1000, timeout: float = 60.0) -> "Browser":
+        profile = Path(tempfile.mkdtemp(prefix="da-chromium-"))
+        cmd = [find_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
+               "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               "about:blank"]
+        process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(profile / "chromium.log").open("wb"),
+                                   start_new_session=True)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (profile / "chromium.log").read_text(errors="replace")[-2000:]
+                process.kill() if process.poll() is None else None
+                raise BrowserError(f"Chromium did not start (exit {process.poll()}):\n{log}")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            pages = [t for t in json.loads(r.read()) if t["type"] == "page"]
+        ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
+        browser = cls(process, profile, ws)
+        for domain in ("Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable")
+        browser.send("Page.addScriptToEvaluateOnNewDocument", {"source": "localStorage.clear(); sessionStorage.clear();"})
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        return browser
+
+    def close(self) -> None:
+        """Stop this browser by its process id and delete its profile."""
+        try:
+            self.ws.close()
+        finally:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(5)
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> "Browser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the protocol ---
+    def send(self, method: str, params: dict | None = None, wait: float = 60.0) -> dict:
+        """One DevTools command; events that arrive meanwhile are recorded (console, exceptions)."""
+        call_id = next(self._ids)
+        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params or {}}))
+        deadline = time.monotonic() + wait
+        while True:
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                message = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                raise BrowserError(f"{method}: no answer from Chromium within {wait:.0f} s") from None
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise BrowserError(f"{method}: {message['error'].get('message')}")
+                return message.get("result", {})
+            self._record(message)
+
+    def _record(self, event: dict) -> None:
+        method, p = event.get("method"), event.get("params", {})
+        if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            frames = (p.get("stackTrace") or {}).get("callFrames") or [{}]
+            self.console.append(ConsoleMessage("error", text, " ".join(f.get("url", "") for f in frames)))
+        elif method == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            text = (d.get("exception") or {}).get("description") or d.get("text", "")
+            frames = (d.get("stackTrace") or {}).get("callFrames") or []
+            urls = " ".join([d.get("url", ""), *(f.get("url", "") for f in frames)])
+            self.console.append(ConsoleMessage("exception", text, urls))
+        elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+            e = p["entry"]
+            self.console.append(ConsoleMessage("network" if e.get("source") == "network" else "error",
+                                               e.get("text", ""), e.get("url", "")))
+
+    def evaluate(self, expression: str, timeout: float = 60.0):
+        """Evaluate JS in the page (promises awaited) and return its JSON value; raise on exceptions."""
+        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True,
+                                                "timeout": int(timeout * 1000)}, wait=timeout + 5)
+        if "exceptionDetails" in result:
+            d = result["exceptionDetails"]
+            raise BrowserError(f"page error: {(d.get('exception') or {}).get('description') or d.get('text')}")
+        return result.get("result", {}).get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60.0, what: str = ""):
+        """Poll a JS expression until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"timed out after {timeout:.0f} s waiting for {what or expression}")
+            time.sleep(0.2)
+
+    # --- ComfyUI ---
+    def open_app(self, url: str, timeout: float = 120.0) -> None:
+        """Load ComfyUI's frontend and wait until the graph canvas and every extension are ready.
+
+        Every visit starts alike: a new user's first visit opens the template browser by itself and
+        later visits restore the last graph from the browser's storage, so the server's setting
+        Comfy.TutorialCompleted is set first and the page's storage is emptied before its scripts run:
+        the page opens on ComfyUI's default graph with no dialog (open_templates() opens the browser
+        on purpose)."""
+        settings = {"Comfy.TutorialCompleted": True}
+        req = urllib.request.Request(f"{url}/api/settings", data=json.dumps(settings).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=30).close()
+        self.console.clear()
+        self.send("Page.navigate", {"url": url})
+        self.wait_for("!!(window.app && app.graph && app.canvas && app.vueAppReady && app.extensionManager"
+                      " && document.querySelector('canvas#graph-canvas') && app.graph._nodes.length)",
+                      timeout, "ComfyUI's frontend and its default graph")
+
+    def press(self, key: str, code: str, key_code: int) -> None:
+        """One real key press (down and up) on the page."""
+        for kind in ("keyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": code, "windowsVirtualKeyCode": key_code})
+
+    def close_dialogs(self, timeout: float = 10.0) -> None:
+        """Close open dialogs as a user would: Escape, else the dialog's close (x) button."""
+        deadline = time.monotonic() + timeout
+        while self.dialog_texts():
+            if time.monotonic() > deadline:
+                raise BrowserError(f"dialogs did not close: {self.dialog_texts()}")
+            self.press("Escape", "Escape", 27)
+            self.evaluate("""[...document.querySelectorAll('[role=dialog] button')].filter(b =>
+                b.getAttribute('aria-label') === 'Close' || b.querySelector('.pi-times, [class*="lucide--x"]'))
+                .forEach(b => b.click())""")
+            time.sleep(0.3)
+
+    def open_templates(self, category: str, timeout: float = 30.0) -> list[dict]:
+        """Open the template browser (command Comfy.BrowseTemplates), click the navigation entry
+        labelled `category` (a custom pack's entry is labelled with its translation of
+        templateWorkflows.category.<folder>, else the folder name), wait until every card's thumbnail
+        has loaded and return the cards: [{name, title, description, image: {src, width, height}}].
+        A thumbnail that fails to load is replaced by the frontend's default-template.png."""
+        self.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        self.wait_for("!!document.querySelector('[role=dialog] [data-testid^=template-workflow-]')", timeout,
+                      "the template browser")
+        clicked = self.evaluate(f"""(() => {{
+            const b = [...document.querySelectorAll('[role=dialog] [role=button]')].find(b => b.innerText.trim() === {json.dumps(category)});
+            if (b) b.click(); return !!b; }})()""")
+        if not clicked:
+            raise BrowserError(f"no template category {category!r} among {self.template_categories()}")
+        return self.wait_for("""(() => {
+            const cards = [...document.querySelectorAll('[role=dialog] [data-testid^=template-workflow-]')];
+            const got = cards.map(c => { const i = c.querySelector('img');
+                return {name: c.dataset.testid.replace('template-workflow-', ''), title: c.querySelector('h3')?.innerText.trim(),
+                        description: [...c.querySelectorAll('p')].map(p => p.innerText.trim()).join(' '),
+                        image: i && {src: i.src, width: i.naturalWidth, height: i.naturalHeight, loaded: i.complete}}; });
+            return got.length && got.every(c => c.image && c.image.loaded && c.image.width) ? got : null; })()""",
+                             timeout, f"the thumbnails of the {category!r} templates")
+
+    def template_categories(self) -> list[str]:
+        """The labels of the template browser's navigation entries (the browser must be open)."""
+        return self.evaluate("[...document.querySelectorAll('[role=dialog] [role=button]')].map(b => b.innerText.trim()).filter(Boolean)")
+
+    def load_workflow(self, workflow: dict, name: str = "test") -> None:
+        """Open a UI-format workflow as the frontend does for a dropped file (app.loadGraphData)."""
+        self.evaluate(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)}).then(() => true)")
+
+    def nodes(self) -> list[dict]:
+        """The graph's nodes as the frontend holds them (size is the drawn size, in canvas units)."""
+        return self.evaluate("""app.graph._nodes.map(n => ({id: n.id, type: n.type, title: n.title,
+            pos: [...n.pos], size: [...n.size], min_size: [...n.computeSize()],
+            widgets: (n.widgets || []).map(w => ({name: w.name, type: w.type, value: w.value}))}))""")
+
+    def missing_node_types(self) -> list[str]:
+        """Node types of the graph that the frontend does not know (its 'missing nodes' dialog lists them)."""
+        return self.evaluate("app.graph._nodes.filter(n => n.has_errors || !LiteGraph.registered_node_types[n.type])"
+                             ".map(n => n.type)")
+
+    def dialog_texts(self) -> list[str]:
+        """The text of every open dialog (e.g. the missing-nodes or an error dialog)."""
+        return self.evaluate("[...document.querySelectorAll('[role=dialog]')].map(d => d.innerText)")
+
+    def queue(self, timeout: float = 60.0) -> str:
+        """Queue the current graph as the Queue button does (app.queuePrompt); return the server's prompt id.
+
+        Raises BrowserError with the frontend's error dialog text when the server refuses the graph."""
+        prompt_id = self.evaluate("""(async () => {
+            const api = app.api, original = api.queuePrompt;
+            let reply = null;
+            api.queuePrompt = async (...args) => (reply = await original.apply(api, args));
+            try { await app.queuePrompt(0, 1); } finally { api.queuePrompt = original; }
+            return reply && reply.prompt_id;
+        })()""", timeout)
+        if not prompt_id:
+            raise BrowserError(f"the frontend did not queue the graph: {self.dialog_texts()}")
+        return prompt_id
+
+    def wait_for_execution(self, server, prompt_id: str, timeout: float = 600.0) -> dict:
+        """Wait until the server finished the prompt; return its outputs (raise with its error)."""
+        return server.wait(prompt_id, timeout)["outputs"]
+
+    def node_image_urls(self, node_id: int, timeout: float = 60.0) -> list[str]:
+        """The /view URLs of the images the node shows once they are loaded (node.imgs)."""
+        return self.wait_for(f"""(() => {{ const n = app.graph.getNodeById({int(node_id)});
+            const imgs = (n && n.imgs) || [];
+            return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.src) : null; }})()""",
+                             timeout, f"images in node {node_id}")
+
+    def pack_errors(self) -> list[ConsoleMessage]:
+        """Console errors, uncaught exceptions and failed requests that come from the pack."""
+        self.send("Runtime.evaluate", {"expression": "0"})  # drain events that arrived since the last call
+        return [m for m in self.console if m.from_pack()]
+
+    def screenshot(self, path: Path | str) -> Path:
+        """A PNG of the page as it is now."""
+        self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+
+def artifacts_dir() -> Path:
+    """Where browser tests leave their screenshots (DA_ARTIFACTS, default .cache/browser)."""
+    root = Path(__file__).resolve().parents[2]
+    path = Path(os.environ.get("DA_ARTIFACTS", root / ".cache" / "browser"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
