@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..samplers.schedules import SCHEDULES, Schedule, calculate_sigmas
-from .common import CATEGORY, PREFIX, widget
+from .common import CATEGORY, PREFIX, SUFFIX, widget
 
 STEPS = ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Number of sampling steps (sigmas returned: steps + 1)."})
 DENOISE = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -108,4 +108,4 @@ NODE_CLASS_MAPPINGS = {f"{PREFIX}PlotSigmas": PlotSigmas, f"{PREFIX}Scheduler": 
 NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}PlotSigmas": "Plot Sigmas (Diffusion Anatomy)", f"{PREFIX}Scheduler": "Scheduler (Diffusion Anatomy)"}
 for _name, _entry in SCHEDULES.items():
     NODE_CLASS_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = schedule_node(_name, _entry)
-    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = f"Schedule: {_name}"
+    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = f"Schedule: {_name}{SUFFIX}"
