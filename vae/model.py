@@ -11,8 +11,9 @@ embeddings, dropout and the unused `resolution` argument.
 
 Interrupt: `encode`/`decode` (and the tiled versions) take `interrupt`, a plain callable that raises to
 stop (ComfyUI's `throw_exception_if_processing_interrupted`, passed in by `nodes/`). It runs before every
-ResnetBlock, up/downsample and attention block, and before each query chunk of the middle attention,
-so a decode at a huge size stops within one block (or one attention chunk), not at its end.
+ResnetBlock and between its two convolutions, before every up/downsample and attention block, and before
+each query chunk of the middle attention, so a decode at a huge size stops within one convolution (or one
+attention chunk), not at its end.
 
 Latent convention: `encode` returns and `decode` takes UNSCALED latents z, as ComfyUI's VAE does
 (`comfy.sd.VAE.encode/decode`; ComfyUI multiplies by the scale factor only where the latent enters
@@ -32,6 +33,13 @@ from .config import VAEConfig
 from .norm import GroupNorm
 
 
+Interrupt = Callable[[], None]
+
+
+def no_interrupt() -> None:
+    pass
+
+
 def Normalize(channels: int, groups: int = 32) -> GroupNorm:
     return GroupNorm(groups, channels, eps=1e-6, affine=True)
 
@@ -47,10 +55,12 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         # in-place SiLU on the fresh GroupNorm outputs and in-place residual add on the fresh conv
         # output: one full-size map fewer alive at a time (inference module, like ComfyUI's)
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        if interrupt is not None:  # between the convs: at full resolution each is seconds on a CPU
+            interrupt()
         h = self.conv2(F.silu(self.norm2(h), inplace=True))
         return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))
 
@@ -75,13 +85,6 @@ class AttnBlock(nn.Module):
         out = attention(q, k, v, interrupt=interrupt)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height)
         return self.proj_out(out).add_(x)
-
-
-Interrupt = Callable[[], None]
-
-
-def no_interrupt() -> None:
-    pass
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_scores: int = 2**26,
@@ -136,11 +139,11 @@ class Mid(nn.Module):
     def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         check = interrupt or no_interrupt
         check()
-        h = self.block_1(x)
+        h = self.block_1(x, interrupt)
         check()
         h = self.attn_1(h, interrupt)
         check()
-        return self.block_2(h)
+        return self.block_2(h, interrupt)
 
 
 class Level(nn.Module):
@@ -179,7 +182,7 @@ class Encoder(nn.Module):
         for level in self.down:
             for block in level.block:
                 check()
-                h = block(h)
+                h = block(h, interrupt)
             if hasattr(level, "downsample"):
                 check()
                 h = level.downsample(h)
@@ -214,7 +217,7 @@ class Decoder(nn.Module):
         for level in reversed(self.up):
             for block in level.block:
                 check()
-                h = block(h)
+                h = block(h, interrupt)
             if hasattr(level, "upsample"):
                 check()
                 h = level.upsample(h)
