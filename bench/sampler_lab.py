@@ -7,8 +7,8 @@
 writes DIR/lab.csv (columns sampler, schedule, steps, nfe, seconds, error), DIR/grid.png,
 DIR/error_vs_nfe.png and DIR/lab.md, and prints the Markdown. The embedded model by default
 (pure torch, as embedded/sample.py draws); `--checkpoint FILE` for another file the pack's loader
-builds without ComfyUI (a pack-made checkpoint with its configs in the metadata, such as the embedded
-one). `--schedule` takes a comma list. `--verify-reference` also solves the reference with every step
+builds without ComfyUI: an SD1.x eps checkpoint (LDM layout; `--size`, default 512) or a pack-made one
+with its configs in the metadata. `--schedule` takes a comma list. `--verify-reference` also solves the reference with every step
 halved and reports the change (3x its cost). Same engine as the Sampler Lab node (`lab/`).
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ def run(argv=None) -> dict:
     ap.add_argument("--steps", default="5,10,20,40", help="comma list of step counts")
     ap.add_argument("--schedule", default="karras", help="comma list of schedule names")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="an SD1.x eps checkpoint or a pack-made one (default: the embedded model)")
+    ap.add_argument("--size", type=int, default=None, help="picture side in pixels (default: the model's, 64 embedded, 512 SD1.x)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--negative", default="")
     ap.add_argument("--cfg", type=float, default=5.0)
@@ -51,7 +52,10 @@ def run(argv=None) -> dict:
         samplers, steps, schedules = parse_samplers(args.samplers), parse_steps(args.steps), parse_schedules(args.schedule)
     except LabError as error:
         ap.error(str(error))
-    backend = embedded_backend(args.prompt, args.negative, args.cfg, args.seed, path=args.checkpoint)
+    try:
+        backend = embedded_backend(args.prompt, args.negative, args.cfg, args.seed, path=args.checkpoint, size=args.size)
+    except LabError as error:
+        ap.error(str(error))
     t0 = time.perf_counter()
     result = sweep(backend, samplers, schedules, steps, verify_reference=args.verify_reference)
     t_draw = time.perf_counter()

@@ -12,6 +12,7 @@ recorded run covers every registered sampler.
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import types
 from pathlib import Path
@@ -98,16 +99,17 @@ def verdict(info, against: str, desc: str, rating, r10, r40, n: int) -> str:
         return "cannot be ranked for accuracy: its noise is new at every step, so it converges to no fixed picture"
     out = []
     text = desc.lower()
-    if "few steps" in text:
-        out.append(f"agrees: few steps suffice (rank {r10} of {n} at 10 calls)" if r10 is not None and r10 <= n / 3 else
-                   f"disagrees: it says few steps suffice, but at 10 model calls it ranks {r10 or '-'} of {n}")
-    if "more steps" in text:
-        out.append(f"disagrees: it says it needs more steps, but at 40 calls it ranks {r40} of {n}" if r40 is not None and r40 <= n / 3 else
-                   f"agrees: it needs more steps (rank {r40 or '-'} of {n} at 40 calls)")
-    if any(w in text for w in ("quality", "accura", "precise", "improves")):
-        out.append(f"agrees on accuracy (rank {r40} of {n} at 40 calls)" if r40 is not None and r40 <= n / 2 else
-                   f"disagrees: it claims quality or accuracy, but at 40 model calls it ranks {r40 or '-'} of {n}")
-    fast = (rating and rating[0] in ("fast", "very fast")) or "fast" in text.split(";")[0]
+    top_third, top_half = math.ceil(n / 3), math.ceil(n / 2)
+    if "few steps" in text and r10 is not None:
+        out.append(f"agrees: few steps suffice (rank {r10} of {n} at 10 calls)" if r10 <= top_third else
+                   f"disagrees: it says few steps suffice, but at 10 model calls it ranks {r10} of {n}")
+    if "more steps" in text and r40 is not None:
+        out.append(f"disagrees: it says it needs more steps, but at 40 calls it ranks {r40} of {n}" if r40 <= top_third else
+                   f"agrees: it needs more steps (rank {r40} of {n} at 40 calls)")
+    if any(w in text for w in ("quality", "accura", "precise", "improves")) and r40 is not None:
+        out.append(f"agrees on accuracy (rank {r40} of {n} at 40 calls)" if r40 <= top_half else
+                   f"disagrees: it claims quality or accuracy, but at 40 model calls it ranks {r40} of {n}")
+    fast = (rating and rating[0] in ("fast", "very fast")) or text.startswith("fast")
     if fast and isinstance(info.calls_per_step, int) and info.calls_per_step > 1:
         out.append(f"disagrees on speed: {info.calls_per_step} model calls per step")
     elif fast:

@@ -62,8 +62,11 @@ def to_ui(graph: dict, object_info: dict) -> dict:
     for nid, node in graph.items():
         info = object_info[node["class_type"]]
         inputs, widgets = [], []
+        optional = info["input"].get("optional", {})
         for name, spec in input_specs(info):
             value = node["inputs"].get(name)
+            if value is None and name in optional and not is_widget(spec):
+                continue  # an optional socket left unconnected
             if isinstance(value, list):  # a link
                 link_id = len(links) + 1
                 src, slot = value

@@ -50,21 +50,44 @@ class TorchBackend:
         return ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
 
 
-def embedded_backend(prompt: str, negative: str = "", cfg: float = 5.0, seed: int = 0, path=None) -> TorchBackend:
-    """The embedded model with one prompt, as `embedded/sample.py` draws it."""
+def load_models(path: Path):
+    """(U-Net, VAE, text encoder, image side) from a checkpoint the pack reads without ComfyUI: a pack-made file
+    (its configs in the metadata, such as the embedded model) or an SD1.x eps file (LDM layout, 512 px)."""
+    from ..checkpoint.reader import load_checkpoint
+    from ..clip.encoder import SD1, TextEncoder
+    from ..embedded import sample as embedded
+    from ..embedded.config import CLIP_CONFIG_METADATA_KEY, IMAGE_SIZE
+    from ..vae.config import SD
+    from ..vae.model import AutoencoderKL
+    from .sweep import LabError
+
+    ck = load_checkpoint(path, dtype=torch.float32)
+    if CLIP_CONFIG_METADATA_KEY in ck.metadata:
+        model = embedded.load(path)
+        return model.unet, model.vae, model.text_encoder, IMAGE_SIZE
+    if ck.family != "sd15" or ck.config.prediction != "eps":
+        raise LabError(f"checkpoint: {path.name} is {ck.family} ({ck.config.prediction} prediction); the command line runs SD1.x eps "
+                       "checkpoints in pure torch; use the Sampler Lab node in ComfyUI for other models")
+    vae = AutoencoderKL(SD)
+    vae.load_state_dict(dict(ck.vae.items()))
+    text_encoder = TextEncoder(SD1)
+    text_encoder.load_checkpoint(dict(ck.tensors("", torch.float32).items()))
+    return ck.unet.float().eval(), vae.eval(), text_encoder.eval(), 512
+
+
+def embedded_backend(prompt: str, negative: str = "", cfg: float = 5.0, seed: int = 0, path=None, size: int | None = None) -> TorchBackend:
+    """The embedded model (or `path`) with one prompt, as `embedded/sample.py` draws it; `size` in pixels (the model's own by default)."""
     from ..clip.tokenizer import BPETokenizer
     from ..embedded import WEIGHTS
-    from ..embedded import sample as embedded
-    from ..embedded.config import IMAGE_SIZE
     from ..embedded.train import Prompts, default_tokenizer_dir
 
     path = Path(path) if path else WEIGHTS
-    model = embedded.load(path)
+    unet, vae, text_encoder, side = load_models(path)
     bpe = BPETokenizer.from_dir(default_tokenizer_dir())
     with torch.no_grad():
-        context = Prompts(bpe, model.text_encoder).encode(model.text_encoder, [prompt, negative])
-    denoiser = DiscreteEpsDenoiser(model.unet, context[:1], context[1:], cfg)
-    side = IMAGE_SIZE // model.config.vae.downscale
+        context = Prompts(bpe, text_encoder).encode(text_encoder, [prompt, negative])
+    denoiser = DiscreteEpsDenoiser(unet, context[:1], context[1:], cfg)
+    latent_side = (size or side) // vae.cfg.downscale
     stat = path.stat()
-    return TorchBackend(denoiser, model.vae, (1, model.config.unet.in_channels, side, side), seed, name=path.name,
+    return TorchBackend(denoiser, vae, (1, unet.config.in_channels, latent_side, latent_side), seed, name=path.name,
                         identity=f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")

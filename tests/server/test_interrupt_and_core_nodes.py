@@ -1,44 +1,17 @@
 """The interrupt button stops U-Net Denoise within one step; core nodes accept the pack's models."""
 from __future__ import annotations
 
-import json
-import time
-import urllib.request
-
 import numpy as np
 import pytest
-import websocket
 
-from support.graphs import core_graph, image, pack_graph
+from support.graphs import core_graph, image, interrupt_at_progress, pack_graph
 
 pytestmark = pytest.mark.server
 
 
 def test_interrupt_stops_denoise_within_one_step(server, sd15):
     graph = pack_graph(sd15, "euler", "karras", steps=200, seed=3)
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}", timeout=300)
-    try:
-        prompt_id = server.queue(graph)
-        progress, interrupted_at, events = [], None, []
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            raw = ws.recv()
-            if isinstance(raw, bytes):
-                continue  # latent previews
-            msg = json.loads(raw)
-            events.append(msg["type"])
-            data = msg.get("data", {})
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if msg["type"] == "progress" and data.get("node") == "denoise":
-                progress.append(data["value"])
-                if interrupted_at is None and data["value"] >= 2:
-                    interrupted_at = data["value"]
-                    urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"", method="POST"))
-            if msg["type"] in ("execution_interrupted", "execution_success", "execution_error"):
-                break
-    finally:
-        ws.close()
+    events, progress, interrupted_at = interrupt_at_progress(server, graph, "denoise", 2)
     assert events[-1] == "execution_interrupted", events[-5:]
     assert interrupted_at is not None and max(progress) <= interrupted_at + 1, (interrupted_at, progress[-3:])
     assert image(server, pack_graph(sd15, "euler", "karras", steps=2, seed=3)).shape == (64, 64, 3)  # still serving

@@ -47,3 +47,39 @@ def image(server, graph: dict) -> np.ndarray:
 def positive_prompt(graph: dict) -> str:
     """The text of an API-format graph's node titled "Positive prompt" (as the bundled workflows name it)."""
     return next(n["inputs"]["text"] for n in graph.values() if n.get("_meta", {}).get("title") == "Positive prompt")
+
+
+def interrupt_at_progress(server, graph: dict, node: str, at: int) -> tuple[list[str], list[int], int | None]:
+    """Queue `graph`, watch the websocket, POST /interrupt once `node` reports progress >= `at`.
+
+    Returns (event types, the node's progress values, the value at which it interrupted)."""
+    import json
+    import time
+    import urllib.request
+
+    import websocket
+
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}", timeout=300)
+    try:
+        prompt_id = server.queue(graph)
+        progress, interrupted_at, events = [], None, []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            raw = ws.recv()
+            if isinstance(raw, bytes):
+                continue  # latent previews
+            msg = json.loads(raw)
+            events.append(msg["type"])
+            data = msg.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if msg["type"] == "progress" and data.get("node") == node:
+                progress.append(data["value"])
+                if interrupted_at is None and data["value"] >= at:
+                    interrupted_at = data["value"]
+                    urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"", method="POST"))
+            if msg["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+                break
+    finally:
+        ws.close()
+    return events, progress, interrupted_at

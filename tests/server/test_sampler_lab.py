@@ -1,0 +1,101 @@
+"""Sampler Lab over HTTP: the bundled workflow as shipped, its CSV and figures, bad input, interrupt.
+
+The lab's figures against direct runs and the orders of convergence are tested on the pure engine
+(tests/pure/test_lab.py); here the node's path through ComfyUI's sampling is checked end to end.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_server import ComfyError
+from support.graphs import interrupt_at_progress
+
+pytestmark = pytest.mark.server
+
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "sampler_lab.json"
+
+
+def lab_graph(**inputs) -> dict:
+    graph = json.loads(WORKFLOW.read_text())
+    graph["5"]["inputs"].update(inputs)
+    return graph
+
+
+def csv_rows(server, outputs: dict) -> list[dict]:
+    (path,) = outputs["5"]["csv"]
+    with open(server.work / "output" / path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bundled_lab_workflow_runs_as_shipped(server):
+    """The first lab run on this server solves the ODE reference (about 2,400 guided model calls: minutes on a
+    busy CPU, hence the long timeout); the later tests reuse it from the cache (same model, prompt, latent, seed)."""
+    graph = json.loads(WORKFLOW.read_text())
+    outputs = server.run(graph, timeout=1800)
+    lab = graph["5"]["inputs"]
+    samplers = [s.strip() for s in lab["samplers"].split(",")]
+    steps = [int(s) for s in lab["steps"].split(",")]
+    rows = csv_rows(server, outputs)
+    assert list(rows[0]) == ["sampler", "schedule", "steps", "nfe", "seconds", "error"]
+    assert [(r["sampler"], int(r["steps"])) for r in rows] == [(s, n) for s in samplers for n in steps]
+    for r in rows:
+        if r["sampler"] in ("euler", "dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde"):
+            assert int(r["nfe"]) == int(r["steps"]), r
+        if r["sampler"] == "heun":
+            assert int(r["nfe"]) == 2 * int(r["steps"]) - 1, r  # last step to sigma 0 is a single Euler call
+    euler = {int(r["steps"]): float(r["error"]) for r in rows if r["sampler"] == "euler"}
+    assert euler[5] > euler[10] > euler[20] > 0  # converging to the reference
+    files = {f.name.rsplit("_", 2)[0]: f for f in server.output_files(outputs)}
+    grid = np.asarray(Image.open(files["sampler_lab_grid"]).convert("RGB"))
+    plot = np.asarray(Image.open(files["sampler_lab_plot"]).convert("RGB"))
+    assert grid.shape[0] > 96 * len(samplers) and grid.shape[1] > 96 * len(steps)
+    assert plot.shape[1] == 900 and plot.std() > 5
+    assert "| Euler (`euler`) | karras | 20 |" in outputs["5"]["text"][0]
+
+
+def expect_lab_error(server, *fragments, **inputs):
+    with pytest.raises(ComfyError) as err:
+        server.run(lab_graph(**inputs))
+    for fragment in fragments:
+        assert fragment.lower() in str(err.value).lower(), str(err.value)
+
+
+@pytest.mark.parametrize("inputs, fragments", [
+    ({"samplers": "euler, no_such_sampler"}, ("Sampler Lab", "samplers", "no_such_sampler")),
+    ({"samplers": " , "}, ("Sampler Lab", "samplers", "empty")),
+    ({"steps": "0"}, ("Sampler Lab", "steps", "0 is not allowed")),
+    ({"steps": ""}, ("Sampler Lab", "steps", "empty")),
+    ({"schedules": "karras, nope"}, ("Sampler Lab", "schedules", "nope")),
+])
+def test_bad_input_is_named_and_the_server_keeps_serving(server, inputs, fragments):
+    expect_lab_error(server, *fragments, **inputs)
+    outputs = server.run(lab_graph(samplers="euler", steps="2"))
+    assert [int(r["nfe"]) for r in csv_rows(server, outputs)] == [2]
+
+
+def test_sampler_and_sigmas_inputs_join_the_sweep(server):
+    """Core's KSamplerSelect as a SAMPLER input and a SIGMAS input (a schedule of its own) join the sweep."""
+    graph = lab_graph(samplers="euler", steps="3", sampler=["s", 0], sampler_name="core euler", sigmas=["sig", 0])
+    graph["s"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
+    graph["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}}
+    rows = csv_rows(server, server.run(graph))
+    assert {(r["sampler"], r["schedule"], int(r["nfe"])) for r in rows} == {
+        ("euler", "karras", 3), ("euler", "input sigmas", 3), ("core euler", "karras", 3), ("core euler", "input sigmas", 3)}
+    errors = {(r["sampler"], r["schedule"]): float(r["error"]) for r in rows}
+    # core's Euler and the pack's on the same sigmas (core's karras = the pack's) give the same latent
+    assert errors[("core euler", "karras")] == pytest.approx(errors[("euler", "karras")], rel=1e-4)
+    assert errors[("euler", "input sigmas")] == pytest.approx(errors[("euler", "karras")], rel=1e-4)
+
+
+def test_interrupt_stops_the_sweep_within_one_step(server):
+    graph = lab_graph(samplers="euler", steps="400, 401")
+    events, progress, interrupted_at = interrupt_at_progress(server, graph, "5", 3)
+    assert events[-1] == "execution_interrupted", events[-5:]
+    assert interrupted_at is not None and max(progress) <= interrupted_at + 1, (interrupted_at, progress[-3:])
+    assert [int(r["nfe"]) for r in csv_rows(server, server.run(lab_graph(samplers="euler", steps="2")))] == [2]  # still serving
