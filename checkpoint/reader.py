@@ -91,7 +91,7 @@ def detect_checkpoint(
     path, shapes, metadata = Path(path), {k: tuple(v) for k, v in shapes.items()}, dict(metadata)
     unet_shapes = {k[len(UNET_PREFIX):]: v for k, v in shapes.items() if k.startswith(UNET_PREFIX)}
     if not unet_shapes:
-        raise UnknownLayoutError(path, f"no `{UNET_PREFIX}*` tensors; expected a single-file SD checkpoint in the LDM layout {_guess_layout(shapes)}")
+        raise UnknownLayoutError(path, f"{_guess_layout(shapes)}: no `{UNET_PREFIX}*` tensors; expected a single-file SD checkpoint in the LDM layout")
     family, config = _family_and_config(path, unet_shapes, metadata)
     prediction, source = resolve_prediction(family, shapes, metadata, prediction, read_tensor)
     return CheckpointInfo(path, family, replace(config, prediction=prediction), source, metadata, shapes)
@@ -208,17 +208,40 @@ def _text_encoder_prefixes(shapes) -> list[str]:
     return prefixes
 
 
+def _is_4d(shapes, key: str) -> bool:
+    return len(shapes.get(key, ())) == 4
+
+
+def _looks_like_vae(shapes) -> bool:
+    """The convolutions every AutoencoderKL has (LDM or diffusers names, optionally under `first_stage_model.`/`vae.`),
+    with 4-D kernels whose image side has 3 channels: a name alone (e.g. random `encoder.*` tensors) is not enough."""
+    for prefix in ("", VAE_PREFIX, "vae."):
+        conv_in, conv_out = shapes.get(prefix + "encoder.conv_in.weight"), shapes.get(prefix + "decoder.conv_out.weight")
+        if conv_in and conv_out and _is_4d(shapes, prefix + "encoder.conv_in.weight") and _is_4d(shapes, prefix + "decoder.conv_out.weight") \
+                and conv_in[1] == 3 and conv_out[0] == 3:
+            return True
+    return False
+
+
+def _looks_like_text_encoder(shapes) -> bool:
+    """A 2-D token embedding and transformer layers (HF CLIP `text_model.*` or OpenCLIP `resblocks`)."""
+    embeddings = [k for k, v in shapes.items() if k.endswith("token_embedding.weight") and len(v) == 2]
+    layers = any(".encoder.layers.0." in k or ".resblocks.0." in k for k in shapes)
+    return bool(embeddings) and layers
+
+
 def _guess_layout(shapes) -> str:
+    """What a file without an LDM U-Net is, when its tensors say so; otherwise "not a checkpoint"."""
     keys = list(shapes)
-    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys) and any("attentions" in k for k in keys):
-        return "(this looks like a diffusers-format U-Net)"
-    if "input_blocks.0.0.weight" in shapes:
-        return "(this looks like a bare U-Net without the `model.diffusion_model.` prefix)"
-    if any(k.startswith(("encoder.", "decoder.")) for k in keys):
-        return "(this looks like a standalone VAE)"
-    if any("text_model" in k or "resblocks" in k for k in keys):
-        return "(this looks like a standalone text encoder)"
-    return f"(found {len(keys)} tensors, e.g. {keys[:3]})"
+    if _is_4d(shapes, "conv_in.weight") and any(k.startswith("down_blocks.") and "attentions" in k for k in keys):
+        return "this looks like a diffusers-format U-Net"
+    if _is_4d(shapes, "input_blocks.0.0.weight"):
+        return "this looks like a bare U-Net without the `model.diffusion_model.` prefix"
+    if _looks_like_vae(shapes):
+        return "this looks like a standalone VAE (load it with a VAE loader)"
+    if _looks_like_text_encoder(shapes):
+        return "this looks like a standalone text encoder (load it with a CLIP loader)"
+    return f"not a checkpoint: no U-Net, CLIP or VAE tensors (found {len(keys)} tensors, e.g. {keys[:3]})"
 
 
 __all__ = ["Checkpoint", "CheckpointInfo", "detect_checkpoint", "inspect_checkpoint", "load_checkpoint", "resolve_prediction"]

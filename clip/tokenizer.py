@@ -247,6 +247,19 @@ def split_parentheses(text: str) -> list[str]:
     return pieces
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the encoder computes in float32 (or narrower): larger weights become inf
+
+
+class PromptWeightError(ValueError):
+    """A `(text:weight)` whose weight is NaN, infinite or beyond float32 (the conditioning would be NaN/inf)."""
+
+
+def check_weight(weight: float, piece: str) -> None:
+    if not (abs(weight) <= FLOAT32_MAX):  # also catches NaN
+        raise PromptWeightError(f"prompt weight {weight!r} in {piece[:80]!r} is not a finite float32 number; "
+                                f"use a weight between -{FLOAT32_MAX:.3g} and {FLOAT32_MAX:.3g} (usually 0.5 to 1.5)")
+
+
 def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
     """(segment, weight) pairs: `(x)` multiplies by 1.1, `(x:w)` sets w (when w parses as a float)."""
     out = []
@@ -260,6 +273,8 @@ def parse_weights(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
                     inner = inner[:colon]
                 except ValueError:
                     pass
+                else:
+                    check_weight(inner_weight, piece)
             out += parse_weights(inner, inner_weight)
         else:
             out.append((piece, weight))

@@ -89,6 +89,16 @@ class DiscreteEpsDenoiser:
         return x - sigma[:, None, None, None] * eps
 
 
+def start_latent(noise: torch.Tensor, sigmas: torch.Tensor, model_sigmas: torch.Tensor) -> torch.Tensor:
+    """x at sigmas[0] for a full denoise from unit noise.
+
+    From the top of the schedule the start is scaled by sqrt(1 + sigma^2), the std of x_T in this
+    parametrisation (x = x0 + sigma * eps with unit-variance data), as ComfyUI's `noise_scaling` does
+    for a full denoise: the pictures then equal the bundled workflow's."""
+    start = (1 + sigmas[0] ** 2).sqrt() if torch.isclose(sigmas[0], model_sigmas[-1]) else sigmas[0]
+    return noise * start
+
+
 @torch.no_grad()
 def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int = 20, cfg: float = 5.0,
            seed: int | list[int] = 0, sampler: str = "euler", schedule: str = "karras", negative: str = "") -> torch.Tensor:
@@ -107,11 +117,8 @@ def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int =
         noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
     else:
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    # From the top of the schedule the start is scaled by sqrt(1 + sigma^2), the std of x_T in this
-    # parametrisation (x = x0 + sigma * eps with unit-variance data), as ComfyUI's `noise_scaling` does
-    # for a full denoise: the pictures then equal the bundled workflow's.
-    start = (1 + sigmas[0] ** 2).sqrt() if torch.isclose(sigmas[0], denoiser.sigmas[-1]) else sigmas[0]
-    x = run_sampler(sampler, denoiser, noise * start, sigmas, extra_args={"seed": seeds[0] if seeds else seed}, disable=True)
+    x = run_sampler(sampler, denoiser, start_latent(noise, sigmas, denoiser.sigmas), sigmas,
+                    extra_args={"seed": seeds[0] if seeds else seed}, disable=True)
     return model.vae.decode(model.vae.from_latent(x))
 
 

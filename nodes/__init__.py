@@ -2,11 +2,30 @@
 
 Every node id starts with `PREFIX` so it cannot collide with another pack's.
 """
-from . import denoise_nodes, model_nodes, sampler_nodes, schedule_nodes
-from . import anatomy_nodes
+from . import (
+    anatomy_attention_nodes,
+    anatomy_nodes,
+    compile_nodes,
+    denoise_nodes,
+    lab_nodes,
+    model_nodes,
+    sampler_nodes,
+    schedule_nodes,
+)
+
+MODULES = (
+    model_nodes,
+    denoise_nodes,
+    sampler_nodes,
+    schedule_nodes,
+    anatomy_nodes,
+    anatomy_attention_nodes,
+    lab_nodes,
+    compile_nodes,
+)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in (model_nodes, denoise_nodes, sampler_nodes, schedule_nodes, anatomy_nodes):
+for _module in MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

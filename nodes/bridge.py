@@ -13,6 +13,7 @@ import comfy.model_base
 import comfy.model_detection
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models
@@ -22,8 +23,10 @@ import torch
 from ..clip.encoder import SD1, SD2, SDXL, TextEncoder, TextEncoderConfig
 from ..embedded.config import CLIP_CONFIG_METADATA_KEY, VAE_CONFIG_METADATA_KEY, from_metadata
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
+from ..unet.blocks import preferred_memory_format
 from ..unet.model import UNetModel
 from ..vae.config import PRESETS as VAE_PRESETS, VAEConfig
+from ..vae.memory import decode_bytes, decode_tiled_bytes
 from ..vae.model import AutoencoderKL
 from ..vae.tiled import decode_tiled, encode_tiled
 
@@ -42,15 +45,15 @@ class ComfyUNet(UNetModel):
         return self.time_embed[0].weight.dtype
 
     def forward(self, x, timesteps, context=None, y=None, control=None, transformer_options=None, **kwargs):
-        if control is not None:
-            raise NotImplementedError("ControlNet is not supported by the Diffusion Anatomy U-Net; load the checkpoint with core's loader for ControlNet")
-        options = transformer_options or {}
-        if (options.get("patches") or options.get("patches_replace")) and not getattr(self, "_warned_patches", False):
-            # weight patches (LoRA) apply through ModelPatcher; forward hooks (FreeU, PAG, ...) need core's U-Net
-            logging.warning("Diffusion Anatomy U-Net: ignoring transformer patches %s (use core's loader for them)",
-                            sorted({*options.get("patches", {}), *options.get("patches_replace", {})}))
-            self._warned_patches = True
-        return super().forward(x, timesteps, context, y)
+        # ComfyUI's diffusion-model wrappers (patcher extensions) wrap this call as they wrap core's U-Net
+        options = transformer_options if transformer_options is not None else {}
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward, self, wrappers).execute(
+            x, timesteps, context, y, control, options, **kwargs)
+
+    def _forward(self, x, timesteps, context, y, control, transformer_options, **kwargs):
+        return super().forward(x, timesteps, context, y, control=control, transformer_options=transformer_options,
+                               interrupt=mm.throw_exception_if_processing_interrupted)
 
 
 def unet_weight_dtype(model_config, parameters: int) -> torch.dtype:
@@ -85,7 +88,8 @@ def comfy_model(unet: UNetModel, family: str, prediction: str, latent_scale: flo
     with torch.device("meta"):
         ours = ComfyUNet(unet.config)
     ours.load_state_dict(state, strict=True, assign=True)  # same tensors, ComfyUI's call signature
-    model.diffusion_model = ours.to(dtype).eval().requires_grad_(False)
+    ours = ours.to(dtype, memory_format=preferred_memory_format(mm.get_torch_device()))  # channels_last on CUDA
+    model.diffusion_model = ours.eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
@@ -203,7 +207,13 @@ class ComfyAutoencoder(AutoencoderKL):
     """The pack's AutoencoderKL with the call signature `comfy.sd.VAE` uses."""
 
     def decode(self, z, **vae_options):
-        return super().decode(z)
+        return super().decode(z, interrupt=mm.throw_exception_if_processing_interrupted)
+
+    def encode(self, image, generator=None):
+        return super().encode(image, generator, interrupt=mm.throw_exception_if_processing_interrupted)
+
+
+GUARD_TILE = 256  # tiles of the fallback when an untiled decode cannot fit: small, for the least memory
 
 
 class ComfyVAE(comfy.sd.VAE):
@@ -231,6 +241,26 @@ class ComfyVAE(comfy.sd.VAE):
         self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device())
         self.model_size()
 
+    def decode(self, samples_in, vae_options={}):  # noqa: B006 (core's signature)
+        """Core's decode, unless the estimate (vae/memory.py) says it cannot fit in the memory available:
+        then tiled ("level", the least memory) with a log line, or a clear error when even that cannot fit."""
+        self.throw_exception_if_invalid()
+        batch, _, h, w = samples_in.shape
+        height, width, size = h * self.upscale_ratio, w * self.upscale_ratio, mm.dtype_size(self.vae_dtype)
+        cfg = self.first_stage_model.cfg
+        # core decodes as many images at a time as fit (at least one): one image must fit
+        need, free = decode_bytes(cfg, 1, height, width, size), mm.get_free_memory(self.device)
+        if need <= free:
+            return super().decode(samples_in, vae_options)
+        tiled = decode_tiled_bytes(cfg, batch, height, width, GUARD_TILE, size)
+        where = f"{free / 2**30:.2f} GiB available on {self.device}"
+        if tiled > free:
+            raise MemoryError(f"VAE Decode: {width}x{height} images, batch {batch}, need about {need / 2**30:.2f} GiB per image to decode "
+                              f"({tiled / 2**30:.2f} GiB for the batch tiled) but {where}; decode a smaller latent or fewer images")
+        logging.info("Diffusion Anatomy VAE: decoding %dx%d, batch %d, in %d-pixel tiles: untiled needs about %.2f GiB per image, %s",
+                     width, height, batch, GUARD_TILE, need / 2**30, where)
+        return self._decode_tiled(samples_in, GUARD_TILE, granularity="level").movedim(1, -1)
+
     def decode_tiled_(self, samples, tile_x=64, tile_y=64, overlap=16):
         # ComfyUI's fallback after running out of memory: the pack's lowest-memory tiling
         return self._decode_tiled(samples, max(tile_x, tile_y) * self.upscale_ratio, granularity="level")
@@ -243,7 +273,8 @@ class ComfyVAE(comfy.sd.VAE):
 
     def _decode_tiled(self, samples, tile: int, granularity: str):
         mm.load_models_gpu([self.patcher])
-        out = decode_tiled(self.first_stage_model, samples.to(self.vae_dtype).to(self.device), tile=tile, granularity=granularity)
+        out = decode_tiled(self.first_stage_model, samples.to(self.vae_dtype).to(self.device), tile=tile, granularity=granularity,
+                           interrupt=mm.throw_exception_if_processing_interrupted)
         return self.process_output(out.to(self.output_device).float())
 
     def encode_tiled(self, pixel_samples, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
@@ -251,7 +282,8 @@ class ComfyVAE(comfy.sd.VAE):
         pixels = self.vae_encode_crop_pixels(pixel_samples)
         mm.load_models_gpu([self.patcher])
         image = self.process_input(pixels.movedim(-1, 1).to(self.vae_dtype).to(self.device))
-        return encode_tiled(self.first_stage_model, image, tile=max(tile_x or 512, tile_y or 512)).to(self.output_device).float()
+        return encode_tiled(self.first_stage_model, image, tile=max(tile_x or 512, tile_y or 512),
+                            interrupt=mm.throw_exception_if_processing_interrupted).to(self.output_device).float()
 
 
 def comfy_vae(checkpoint, cfg: VAEConfig) -> ComfyVAE:

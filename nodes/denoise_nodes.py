@@ -5,6 +5,8 @@ inputs it gives core's latents; it adds checks that say clearly what is wrong wi
 """
 from __future__ import annotations
 
+import math
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -12,6 +14,8 @@ import comfy.utils
 import latent_preview
 import torch
 
+from ..unet.memory import activation_bytes
+from ..unet.model import UNetModel
 from .common import CATEGORY, PREFIX
 from .model_nodes import LATENT_FORMAT_KEY
 
@@ -30,6 +34,28 @@ def check_inputs(model, latent_dict: dict, latent: torch.Tensor, sigmas: torch.T
     if latent.ndim == 4 and latent.shape[1] not in (want, 1):
         raise ValueError(f"U-Net Denoise: the latent has {latent.shape[1]} channels but this model works on {want}-channel latents "
                          f"({type(model.model.latent_format).__name__}); use an Empty Latent made for this model")
+
+
+def check_memory(model, latent: torch.Tensor) -> None:
+    """Refuse, before the first step, a latent whose U-Net activations cannot fit in the memory available.
+
+    The estimate: unet/memory.py's formula for the pack's U-Net, ComfyUI's `memory_required` for core's.
+    The batch is the latent's (ComfyUI runs cond and uncond together only where that fits)."""
+    if latent.ndim != 4:
+        return
+    batch, channels, h, w = latent.shape
+    diffusion = model.model.diffusion_model
+    dtype = model.model.get_dtype()
+    if isinstance(diffusion, UNetModel):
+        need = activation_bytes(diffusion.config, batch, h, w, comfy.model_management.dtype_size(dtype))
+    else:
+        need = model.model.memory_required([batch, channels, h, w])
+    device = model.load_device
+    free = comfy.model_management.get_free_memory(device)
+    if need > free:
+        raise MemoryError(f"U-Net Denoise: a {w * 8}x{h * 8} image (latent {w}x{h}), batch {batch}, needs about "
+                          f"{need / 2**30:.2f} GiB for one U-Net call but {free / 2**30:.2f} GiB are available on {device}; "
+                          "use a smaller size or batch")
 
 
 class UNetDenoise:
@@ -59,9 +85,12 @@ class UNetDenoise:
         }}
 
     def denoise(self, model, positive, negative, latent_image, sampler, sigmas, cfg, seed, add_noise):
+        if not math.isfinite(cfg):  # the widget's min/max checks let NaN through (NaN compares False)
+            raise ValueError(f"U-Net Denoise: cfg={cfg} is not a finite number; use a guidance scale between 0 and 100")
         latent = latent_image.copy()
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         check_inputs(model, latent, samples, sigmas)
+        check_memory(model, samples)
         latent["samples"] = samples
         if add_noise:
             noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))

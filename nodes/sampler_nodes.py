@@ -10,11 +10,13 @@ from functools import partial
 import comfy.samplers
 
 from ..samplers import REGISTRY, SamplerInfo
+from ..samplers.registry import check_options
 from ..samplers.runner import run_sampler
 from .common import CATEGORY, PREFIX, widget
 
 
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
+    check_options(info, options)  # a value outside the maths' domain fails here, naming it, not mid-run
     return comfy.samplers.KSAMPLER(partial(run_sampler, info.id), extra_options=dict(options))
 
 

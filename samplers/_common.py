@@ -37,8 +37,11 @@ def s_in_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def t_of(sigma: float) -> float:
-    """DPM-Solver's time variable t = -log(sigma) (half the log-SNR lambda for VE/EDM parametrisation)."""
-    return -math.log(sigma)
+    """DPM-Solver's time variable t = -log(sigma) (half the log-SNR lambda for VE/EDM parametrisation).
+
+    sigma = 0 gives t = +inf, as torch's -log(0) does in k-diffusion: an ancestral split with eta so
+    large that sigma_down = 0 then has its target clipped to the end of the interval, as there."""
+    return math.inf if sigma == 0 else -math.log(sigma)
 
 
 def sigma_of(t: float) -> float:

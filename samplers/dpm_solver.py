@@ -154,12 +154,32 @@ def pid_step_factor(inv_errors: list[float], pcoeff: float, icoeff: float, dcoef
     b1 = (pcoeff + icoeff + dcoeff) / order
     b2 = -(pcoeff + 2 * dcoeff) / order
     b3 = dcoeff / order
-    factor = inv_errors[0] ** b1 * inv_errors[1] ** b2 * inv_errors[2] ** b3
+    # in log space: large coefficients overflow a float power (core's torch maths gives inf, atan(inf) = pi/2)
+    log_factor = b1 * math.log(inv_errors[0]) + b2 * math.log(inv_errors[1]) + b3 * math.log(inv_errors[2])
+    factor = math.exp(log_factor) if log_factor < 700 else math.inf
     return 1 + math.atan(factor - 1)
 
 
+def adaptive_domain(options: dict) -> list[str]:
+    """Where DPM-Adaptive's controller cannot work: a zero first step never advances; zero tolerances make
+    every error estimate infinite; the step factor 1 + atan(f - 1) stays below 1 + pi/2, so a larger
+    accept_safety rejects every attempt (core loops forever on each of these)."""
+    problems = []
+    if options["h_init"] <= 0:
+        problems.append(f"h_init={options['h_init']} must be > 0 (the first step size in t; 0 never advances)")
+    if options["rtol"] <= 0 and options["atol"] <= 0:
+        problems.append(f"rtol={options['rtol']} and atol={options['atol']}: at least one must be > 0 (the error is divided by them)")
+    if options["accept_safety"] >= MAX_STEP_FACTOR:
+        problems.append(f"accept_safety={options['accept_safety']} must be < 1 + pi/2 = {MAX_STEP_FACTOR:.4f} "
+                        "(the largest step factor the controller gives; above it no step is ever accepted)")
+    return problems
+
+
+MAX_STEP_FACTOR = 1 + math.pi / 2  # sup of pid_step_factor
+
+
 @register(
-    id="dpm_adaptive", name="DPM-Adaptive", order=3, calls_per_step="adaptive", stochastic=False, core_id="dpm_adaptive",
+    id="dpm_adaptive", domain=adaptive_domain, name="DPM-Adaptive", order=3, calls_per_step="adaptive", stochastic=False, core_id="dpm_adaptive",
     options=(
         Option("order", 3, 2, 3, 1, tooltip="3: DPM-Solver-23 (3 calls per step); 2: DPM-Solver-12 (2 calls)."),
         Option("rtol", 0.05, 0.0, 100.0, 0.01, tooltip="Relative tolerance of the local error estimate."),

@@ -16,22 +16,27 @@ import math
 import torch
 
 from ._common import ancestral_step, s_in_like, sigma_of, t_of
-from .noise import brownian_tree_noise_sampler, default_noise_sampler
+from .noise import brownian_tree_noise_sampler, default_noise_sampler, make_noise_sampler, noise_option
 from .registry import Option, register
 
 ETA = Option("eta", 1.0, 0.0, 100.0, 0.01,
              tooltip="How stochastic each step is: 0 is the ODE solver, 1 the reverse SDE.")
 S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01,
                  tooltip="Scale of the added noise (above 1 adds detail, below 1 smooths).")
+# "brownian" (torchsde's tree, core's numbers) stays the default: core parity is promised for these samplers.
+NOISE_TYPE = noise_option("brownian")
 REFERENCE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::sample_{}"
 
 
-def brownian_noise(x: torch.Tensor, sigmas: list[float], seed, noise_device: str = "cpu"):
-    """Core's default noise for the SDE samplers: a seeded Brownian tree over [smallest positive sigma, largest sigma]."""
+def brownian_noise(x: torch.Tensor, sigmas: list[float], seed, noise_device: str = "cpu", noise_type: str = "brownian"):
+    """Core's default noise for the SDE samplers: a seeded Brownian tree over [smallest positive sigma, largest sigma];
+    another `noise_type` (e.g. brownian-fast, the same law on x's device) over the same interval."""
     if noise_device not in ("cpu", "gpu"):
         raise ValueError(f"noise_device must be 'cpu' or 'gpu', not {noise_device!r}")
     sigma_min = min(s for s in sigmas if s > 0)
-    return brownian_tree_noise_sampler(x, sigma_min, max(sigmas), seed=seed, cpu=noise_device == "cpu")
+    if noise_type == "brownian":
+        return brownian_tree_noise_sampler(x, sigma_min, max(sigmas), seed=seed, cpu=noise_device == "cpu")
+    return make_noise_sampler(noise_type, x, seed, sigma_min, max(sigmas))
 
 
 def sde_noise_std(sigma_next: float, h: float, eta: float) -> float:
@@ -77,7 +82,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 @register(
     id="dpmpp_2m_sde", name="DPM++ 2M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_2m_sde",
-    options=(ETA, S_NOISE), fixed_options={"solver_type": "midpoint"},
+    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"solver_type": "midpoint"},
     reference=REFERENCE.format("dpmpp_2m_sde"),
     paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); midpoint correction as k-diffusion",
     description="DPM++ 2M adapted to stochastic (SDE) sampling; for text-to-image.",
@@ -85,14 +90,14 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @register(
     id="dpmpp_2m_sde_heun", name="DPM++ 2M SDE Heun", core_id="dpmpp_2m_sde_heun",
     order=2, calls_per_step=1, stochastic=True,
-    options=(ETA, S_NOISE), fixed_options={"solver_type": "heun"},
+    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"solver_type": "heun"},
     reference=REFERENCE.format("dpmpp_2m_sde"),
     paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); Heun correction as k-diffusion",
     description="DPM++ 2M SDE with the Heun-type (phi_2) second-order correction instead of the midpoint one.",
 )
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler=None, solver_type="midpoint", noise_device="cpu"):
+                        noise_sampler=None, solver_type="midpoint", noise_device="cpu", noise_type="brownian"):
     """SDE-DPM-Solver++(2M) (Lu et al. 2211.01095, sec. 4), as k-diffusion's `sample_dpmpp_2m_sde`.
 
     First-order SDE step with h_eta = (1 + eta) h:
@@ -108,7 +113,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     s_in = s_in_like(x)
     sigma_list = sigmas.tolist()
     if noise_sampler is None:
-        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device)
+        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device, noise_type)
     old_denoised, h_last = None, None
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -134,21 +139,21 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 @register(
     id="dpmpp_3m_sde", name="DPM++ 3M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde",
-    options=(ETA, S_NOISE), fixed_options={"noise_device": "cpu"},
+    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"noise_device": "cpu"},
     reference=REFERENCE.format("dpmpp_3m_sde"),
     paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="Third-order multistep SDE sampler; for text-to-image and image-to-video.",
 )
 @register(
     id="dpmpp_3m_sde_gpu", name="DPM++ 3M SDE GPU", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde_gpu",
-    options=(ETA, S_NOISE), fixed_options={"noise_device": "gpu"},
+    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"noise_device": "gpu"},
     reference=REFERENCE.format("dpmpp_3m_sde_gpu"),
     paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="DPM++ 3M SDE with its Brownian noise drawn on the GPU (faster; the same seed gives other noise).",
 )
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
-                        noise_sampler=None, noise_device="cpu"):
+                        noise_sampler=None, noise_device="cpu", noise_type="brownian"):
     """DPM-Solver++(3M) SDE, as k-diffusion's `sample_dpmpp_3m_sde` (3M after Lu et al. 2211.01095).
 
     The first-order SDE step of 2M SDE, then corrections from divided differences of the last three
@@ -168,7 +173,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     s_in = s_in_like(x)
     sigma_list = sigmas.tolist()
     if noise_sampler is None:
-        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device)
+        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device, noise_type)
     denoised_1, denoised_2 = None, None  # D of the last two steps
     h_1, h_2 = None, None  # their step sizes in lambda
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):

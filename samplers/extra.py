@@ -18,14 +18,10 @@ import math
 import torch
 
 from ._common import ancestral_step, s_in_like, to_d
-from .noise import NOISE_TYPES, make_noise_sampler
+from .noise import NOISE_TYPES, make_noise_sampler, noise_option  # noqa: F401  (NOISE_TYPES: read by tests)
 from .registry import Option, register
 
 REFERENCE = "Clybius/ComfyUI-Extra-Samplers/"
-
-
-def noise_option(default: str) -> Option:
-    return Option("noise_type", default, choices=NOISE_TYPES, tooltip="Kind of noise injected at each step (seeded).")
 
 
 S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the injected noise.")

@@ -37,9 +37,44 @@ class SamplerInfo:
     paper: str = ""  # arXiv id and algorithm/equation
     description: str = ""  # what the source document says of it (translated)
     fixed_options: dict = field(default_factory=dict)  # options this entry pins, e.g. solver_type
+    # where the maths has a domain narrower than the widgets' ranges: options -> problems (empty: fine)
+    domain: Callable[[dict], list[str]] | None = None
 
     def defaults(self) -> dict:
         return {o.name: o.default for o in self.options}
+
+
+class OptionError(ValueError):
+    """A sampler option outside its range or its domain; the message names the option, value and range."""
+
+
+def option_problems(info: SamplerInfo, options: dict) -> list[str]:
+    """What is wrong with `options` for this sampler: unknown names, non-finite or out-of-range
+    numbers, unknown choices, then the entry's own `domain` (checked on the full option set)."""
+    known = {o.name: o for o in info.options}
+    problems = []
+    for name, value in options.items():
+        option = known.get(name)
+        if option is None:
+            continue  # pass-through arguments such as noise_sampler
+        if option.choices is not None:
+            if value not in option.choices:
+                problems.append(f"{name}={value!r} is not one of {', '.join(option.choices)}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value or value in (float("inf"), float("-inf")):
+                problems.append(f"{name}={value} is not a finite number")
+            elif (option.min is not None and value < option.min) or (option.max is not None and value > option.max):
+                problems.append(f"{name}={value} is outside its range [{option.min}, {option.max}]")
+    if not problems and info.domain is not None:
+        problems += info.domain({**info.defaults(), **options, **info.fixed_options})
+    return problems
+
+
+def check_options(info: SamplerInfo, options: dict) -> None:
+    """Raise `OptionError` naming every bad option of `options`, before anything runs."""
+    problems = option_problems(info, options)
+    if problems:
+        raise OptionError(f"sampler {info.name!r} ({info.id}): " + "; ".join(problems))
 
 
 REGISTRY: dict[str, SamplerInfo] = {}

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .registry import REGISTRY, SamplerInfo
+from .registry import REGISTRY, SamplerInfo, check_options
 
 
 class NonFiniteError(FloatingPointError):
@@ -49,8 +49,9 @@ class _FiniteWatch:
     in the message is always the exact one the model was given.
     """
 
-    def __init__(self, info: SamplerInfo, model: Callable, callback: Callable | None, n_steps: int, check_every: int | None):
-        self.info, self.model, self.user_callback = info, model, callback
+    def __init__(self, info: SamplerInfo, model: Callable, callback: Callable | None, n_steps: int, check_every: int | None,
+                 suspects: str = ""):
+        self.info, self.model, self.user_callback, self.suspects = info, model, callback, suspects
         self.n_steps, self.check_every = n_steps, check_every
         self.steps_done = 0
         self.flags: list[torch.Tensor] = []
@@ -90,10 +91,10 @@ class _FiniteWatch:
         bad = self.checked + int((~finite).nonzero()[0, 0])
         who = f"sampler {self.info.name!r} ({self.info.id})"
         if bad == len(self.flags):
-            raise NonFiniteError(f"{who} produced a non-finite result although every model output was finite", self.info.name)
+            raise NonFiniteError(f"{who} produced a non-finite result although every model output was finite{self.suspects}", self.info.name)
         sigma, step = float(torch.as_tensor(self.sigmas[bad]).reshape(-1)[0]), self.steps[bad]
         raise NonFiniteError(
-            f"{who}: the model returned NaN/inf at step {step} of {self.n_steps} (model call {bad}, sigma={sigma:.6g})",
+            f"{who}: the model returned NaN/inf at step {step} of {self.n_steps} (model call {bad}, sigma={sigma:.6g}){self.suspects}",
             sampler=self.info.name,
             step=step,
             sigma=sigma,
@@ -114,7 +115,16 @@ def sampler_kwargs(info: SamplerInfo, options: dict) -> dict:
     for name, value in options.items():
         if name in info.fixed_options and value != info.fixed_options[name]:
             raise ValueError(f"sampler {info.name!r} pins {name}={info.fixed_options[name]!r}; got {value!r}")
+    check_options(info, options)
     return {**info.defaults(), **options, **info.fixed_options}
+
+
+def changed_options(info: SamplerInfo, kwargs: dict) -> str:
+    """The options away from their defaults, named in a non-finite error: the likely cause when a sampler
+    diverges with extreme settings (e.g. s_noise=100), where no domain rule can say so beforehand."""
+    changed = [f"{o.name}={kwargs[o.name]!r}" for o in info.options
+               if o.name in kwargs and o.name not in info.fixed_options and kwargs[o.name] != o.default]
+    return f"; options away from their defaults: {', '.join(changed)}" if changed else "; all options at their defaults"
 
 
 def run_sampler(
@@ -136,7 +146,8 @@ def run_sampler(
     """
     info = resolve(info_or_id)
     kwargs = sampler_kwargs(info, options)
-    watch = _FiniteWatch(info, model, callback, n_steps=max(len(sigmas) - 1, 0), check_every=check_every)
+    watch = _FiniteWatch(info, model, callback, n_steps=max(len(sigmas) - 1, 0), check_every=check_every,
+                         suspects=changed_options(info, kwargs))
     try:
         out = info.fn(watch, x, sigmas, extra_args=extra_args, callback=watch.callback, disable=disable, **kwargs)
     except NonFiniteError:

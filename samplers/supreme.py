@@ -314,6 +314,11 @@ def per_sample_norm(t: Tensor) -> Tensor:
     return per_sample_dot(t, t).sqrt()
 
 
+def _norm_ratio(target: Tensor, t: Tensor) -> Tensor:
+    """|target| / |t| per sample; 0 where both are zero (s_noise = 0 or sigma_up = 0: no noise, not 0/0 = NaN)."""
+    return per_sample_norm(target) / per_sample_norm(t).clamp_min(torch.finfo(t.dtype).tiny)
+
+
 def intensity_modulation(x, noise, scale, strength, dims):
     """Less noise where x varies more: noise (1 + 1/(std(x) |strength| + 1)), renormalised to the plain noise's
     norm, then mixed strength : (1 - strength) with the plain noise."""
@@ -321,7 +326,7 @@ def intensity_modulation(x, noise, scale, strength, dims):
     centred = x - x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
     scaling = 1 / (centred.std(dim=dims, keepdim=True) * abs(strength) + 1)
     scaled = additive * scaling + additive
-    scaled = scaled * (per_sample_norm(additive) / per_sample_norm(scaled))
+    scaled = scaled * _norm_ratio(additive, scaled)
     return scaled * strength + additive * (1 - strength)
 
 
@@ -337,7 +342,7 @@ def frequency_modulation(x, noise, scale, strength, dims):
     fx = torch.arange(w, device=x.device, dtype=x.dtype)[None, :] / w
     high_pass = 1 - torch.exp(-(fy**2 + fx**2) * strength**2)
     scaled = torch.fft.ifft2(spectrum.abs() * (1 + high_pass) * torch.exp(1j * spectrum.angle())).real
-    scaled = scaled * (per_sample_norm(additive) / per_sample_norm(scaled))
+    scaled = scaled * _norm_ratio(additive, scaled)
     return scaled * strength + additive * (1 - strength)
 
 

@@ -7,23 +7,47 @@ GEGLU: Shazeer (2020), "GLU Variants Improve Transformer", arXiv:2002.05202.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from . import hooks
 from .blocks import GroupNorm32
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+# Above this many query-key pairs per (batch x head) the queries are attended in chunks, each
+# chunk of at most this many pairs. 2^24 = 4096 x 4096: SD1.5 at 512x512 (64x64 latent, 4096
+# tokens at level 0) stays one call, so sizes people use every day pay nothing. One chunk at the
+# limit costs about 4 * 2^24 * head_dim * heads * batch flops (q k^T and attn v): at SD1.5's
+# level 0 (8 heads of 40, batch 2) 4e10, a fraction of a second on two CPU cores, which is how
+# often `interrupt` is checked when a huge latent (a 1024x1024 latent is 1M tokens) attends.
+CHUNK_PAIRS = 2**24
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+              interrupt: Callable[[], None] | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over `heads` heads; [b, n, heads*d] in and out.
 
     The one attention of the network. `scaled_dot_product_attention` accumulates the softmax in
     fp32 for fp16/bf16 inputs (flash / memory-efficient kernels), so no manual upcast is needed:
     that upcast is what SD2.x needed with the naive `q @ k.T` in half precision.
+    Each query row is its own softmax, so attending the queries in chunks (above `CHUNK_PAIRS`)
+    gives the same numbers; `interrupt` (a callable that raises to stop) runs before each chunk.
     """
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
+    queries, keys = q.shape[-2], k.shape[-2]
+    if queries * keys <= CHUNK_PAIRS:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        step = max(1, CHUNK_PAIRS // keys)
+        for start in range(0, queries, step):
+            if interrupt is not None:
+                interrupt()
+            out[:, :, start:start + step] = F.scaled_dot_product_attention(q[:, :, start:start + step], k, v)
     return rearrange(out, "b h n d -> b n (h d)")
 
 
@@ -39,9 +63,12 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Identity())  # [1] was Dropout
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        """Keys from `context`, values from `value` (default: the context; a patch may set them apart)."""
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        value = context if value is None else value
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(value), self.heads, interrupt)
         return self.to_out(out)
 
 
@@ -67,7 +94,12 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm transformer layer: self-attention, cross-attention to the context, feed-forward."""
+    """Pre-norm transformer layer: self-attention, cross-attention to the context, feed-forward.
+
+    `options` are ComfyUI's `transformer_options` (see `unet/hooks.py`): with attention patches or
+    replacements in it the layer runs them where ComfyUI's `BasicTransformerBlock` does; without,
+    it is the plain layer.
+    """
 
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int):
         super().__init__()
@@ -78,9 +110,21 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, options: dict | None = None,
+                interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        if options and (options.get("patches") or options.get("patches_replace")):
+            return self._forward_patched(x, context, options, interrupt)
+        x = x + self.attn1(self.norm1(x), interrupt=interrupt)
+        x = x + self.attn2(self.norm2(x), context, interrupt=interrupt)
+        return x + self.ff(self.norm3(x))
+
+    def _forward_patched(self, x, context, options: dict, interrupt) -> torch.Tensor:
+        patches = options.get("patches") or {}
+        extra = hooks.patch_arguments(options, self.attn1.heads, self.attn1.to_q.out_features // self.attn1.heads)
+        x = x + hooks.attend(self.attn1, "attn1", self.norm1(x), None, options, extra, interrupt)
+        for patch in patches.get("middle_patch", ()):
+            x = patch(x, extra)
+        x = x + hooks.attend(self.attn2, "attn2", self.norm2(x), context, options, extra, interrupt)
         return x + self.ff(self.norm3(x))
 
 
@@ -100,7 +144,10 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = project()
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, options: dict | None = None,
+                interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        options = {} if options is None else options
+        options["activations_shape"] = list(x.shape)  # what ComfyUI's SpatialTransformer tells the patches
         height, width = x.shape[-2:]
         h = self.norm(x)
         if not self.use_linear:
@@ -108,8 +155,9 @@ class SpatialTransformer(nn.Module):
         h = rearrange(h, "b c h w -> b (h w) c")
         if self.use_linear:
             h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = block(h, context)
+        for index, block in enumerate(self.transformer_blocks):
+            options["block_index"] = index
+            h = block(h, context, options, interrupt)
         if self.use_linear:
             h = self.proj_out(h)
         h = rearrange(h, "b (h w) c -> b c h w", h=height, w=width)

@@ -12,9 +12,12 @@ tensors of a checkpoint load with a strict `load_state_dict`, as labml's and tin
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
+from . import hooks
 from .attention import SpatialTransformer
 from .blocks import Downsample, GroupNorm32, ResBlock, Upsample, timestep_embedding
 from .config import UNetConfig
@@ -23,12 +26,14 @@ from .config import UNetConfig
 class TimestepEmbedSequential(nn.Sequential):
     """One `input_blocks.N` / `output_blocks.N` entry: each layer takes what it needs."""
 
-    def forward(self, x, emb, context, skip_size=None):
+    def forward(self, x, emb, context, skip_size=None, options: hooks.Options | None = None, interrupt=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, options, interrupt)
+                if options is not None and "transformer_index" in options:
+                    options["transformer_index"] += 1
             elif isinstance(layer, Upsample):
                 x = layer(x, skip_size)
             else:
@@ -102,21 +107,52 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         y: torch.Tensor | None = None,
+        *,
+        control: hooks.Control | None = None,
+        transformer_options: hooks.Options | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> torch.Tensor:
+        """`control` (ControlNet residuals) and `transformer_options` (patches): see `unet/hooks.py`.
+
+        `interrupt`, a callable that raises to stop, runs before every block and every attention
+        chunk, so a forward at a huge size can be stopped within a fraction of a block.
+        """
         assert (y is not None) == (self.config.adm_in_channels is not None), "y if and only if adm_in_channels"
+        check = interrupt or _no_interrupt
+        # one dict per call: the fields below are written into it as the forward goes (as ComfyUI's U-Net
+        # does), the caller's dict stays as it was
+        options = dict(transformer_options or {}, original_shape=list(x.shape), transformer_index=0)
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        for patch in options.get("patches", {}).get("emb_patch", ()):
+            emb = patch(emb, self.config.model_channels, options)
         if y is not None:
             emb = emb + self.label_emb(y.to(dtype))
 
         h, context = x.to(dtype), context.to(dtype)
         skips = []
-        for block in self.input_blocks:
-            h = block(h, emb, context)
+        for index, block in enumerate(self.input_blocks):
+            check()
+            options["block"] = ("input", index)
+            h = block(h, emb, context, options=options, interrupt=interrupt)
+            h = hooks.add_control(h, control, "input")
+            h = hooks.run_patches(h, options, "input_block_patch")
             skips.append(h)
-        h = self.middle_block(h, emb, context)
-        for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
+            h = hooks.run_patches(h, options, "input_block_patch_after_skip")
+        check()
+        options["block"] = ("middle", 0)
+        h = self.middle_block(h, emb, context, options=options, interrupt=interrupt)
+        h = hooks.add_control(h, control, "middle")
+        for index, block in enumerate(self.output_blocks):
+            check()
+            options["block"] = ("output", index)
+            skip = hooks.add_control(skips.pop(), control, "output")
+            h, skip = hooks.run_output_block_patches(h, skip, options)
+            h = torch.cat([h, skip], dim=1)
             # an Upsample at the end of this block resizes to the next skip it will meet
-            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
+            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None, options, interrupt)
         return self.out(h).to(x.dtype)
+
+
+def _no_interrupt() -> None:
+    pass

@@ -9,12 +9,19 @@ same maths as the reference's bmm/softmax). Not kept from the reference: the emp
 lists (the KL-f8 configs have no attention below the middle, so they hold no weights), timestep
 embeddings, dropout and the unused `resolution` argument.
 
+Interrupt: `encode`/`decode` (and the tiled versions) take `interrupt`, a plain callable that raises to
+stop (ComfyUI's `throw_exception_if_processing_interrupted`, passed in by `nodes/`). It runs before every
+ResnetBlock, up/downsample and attention block, and before each query chunk of the middle attention,
+so a decode at a huge size stops within one block (or one attention chunk), not at its end.
+
 Latent convention: `encode` returns and `decode` takes UNSCALED latents z, as ComfyUI's VAE does
 (`comfy.sd.VAE.encode/decode`; ComfyUI multiplies by the scale factor only where the latent enters
 the diffusion model, `latent_format.process_in`). `to_latent(z) = (z - shift) * scale` gives the
 diffusion-space latent, `from_latent` undoes it.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,26 +66,40 @@ class AttnBlock(nn.Module):
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
         h = self.norm(x)
         height = h.shape[-2]
         # contiguous: with a strided head dim torch's CPU SDPA falls back to the math kernel and
         # materialises the (hw)^2 score matrix (16 GiB for a 2048^2 image's 256^2 latent)
         q, k, v = (rearrange(f(h), "b c h w -> b 1 (h w) c").contiguous() for f in (self.q, self.k, self.v))
-        out = attention(q, k, v)
+        out = attention(q, k, v, interrupt=interrupt)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=height)
         return self.proj_out(out).add_(x)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_scores: int = 2**26) -> torch.Tensor:
+Interrupt = Callable[[], None]
+
+
+def no_interrupt() -> None:
+    pass
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_scores: int = 2**26,
+              interrupt: Interrupt | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v via `scaled_dot_product_attention`, in query chunks of at most
     `max_scores` query-key pairs: exact (softmax is per query row) and bounded even where a backend
-    falls back to materialising the scores (head dim 512 is beyond some fused kernels)."""
+    falls back to materialising the scores (head dim 512 is beyond some fused kernels).
+    `interrupt` runs before each chunk (a 1024^2 latent's attention is 16384 chunks)."""
     n_q, n_k = q.shape[-2], k.shape[-2]
     if n_q * n_k <= max_scores:
         return F.scaled_dot_product_attention(q, k, v)
+    check = interrupt or no_interrupt
     rows = max(1, max_scores // n_k)
-    return torch.cat([F.scaled_dot_product_attention(q[..., i:i + rows, :], k, v) for i in range(0, n_q, rows)], dim=-2)
+    out = q.new_empty(q.shape)
+    for i in range(0, n_q, rows):
+        check()
+        out[..., i:i + rows, :] = F.scaled_dot_product_attention(q[..., i:i + rows, :], k, v)
+    return out
 
 
 class Downsample(nn.Module):
@@ -112,8 +133,14 @@ class Mid(nn.Module):
         self.attn_1 = AttnBlock(channels, groups)
         self.block_2 = ResnetBlock(channels, channels, groups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
+        check = interrupt or no_interrupt
+        check()
+        h = self.block_1(x)
+        check()
+        h = self.attn_1(h, interrupt)
+        check()
+        return self.block_2(h)
 
 
 class Level(nn.Module):
@@ -146,14 +173,18 @@ class Encoder(nn.Module):
         self.norm_out = Normalize(width_in, g)
         self.conv_out = nn.Conv2d(width_in, 2 * cfg.z_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
+        check = interrupt or no_interrupt
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
+                check()
                 h = block(h)
             if hasattr(level, "downsample"):
+                check()
                 h = level.downsample(h)
-        h = self.mid(h)
+        h = self.mid(h, interrupt)
+        check()
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
@@ -177,13 +208,17 @@ class Decoder(nn.Module):
         self.norm_out = Normalize(width_in, g)
         self.conv_out = nn.Conv2d(width_in, cfg.out_ch, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+    def forward(self, z: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
+        check = interrupt or no_interrupt
+        h = self.mid(self.conv_in(z), interrupt)
         for level in reversed(self.up):
             for block in level.block:
+                check()
                 h = block(h)
             if hasattr(level, "upsample"):
+                check()
                 h = level.upsample(h)
+        check()
         return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
@@ -219,18 +254,19 @@ class AutoencoderKL(nn.Module):
         self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
-    def posterior(self, image: torch.Tensor) -> DiagonalGaussian:
+    def posterior(self, image: torch.Tensor, interrupt: Interrupt | None = None) -> DiagonalGaussian:
         f = self.cfg.downscale
         if image.shape[-2] % f or image.shape[-1] % f:
             raise ValueError(f"image height and width must be multiples of {f}, got {tuple(image.shape[-2:])}")
-        return DiagonalGaussian(self.quant_conv(self.encoder(image)))
+        return DiagonalGaussian(self.quant_conv(self.encoder(image, interrupt)))
 
-    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        q = self.posterior(image)
+    def encode(self, image: torch.Tensor, generator: torch.Generator | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
+        q = self.posterior(image, interrupt)
         return q.mode() if generator is None else q.sample(generator)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+    def decode(self, z: torch.Tensor, interrupt: Interrupt | None = None) -> torch.Tensor:
+        """`interrupt`: a callable that raises to stop, run between blocks (see the module doc)."""
+        return self.decoder(self.post_quant_conv(z), interrupt)
 
     def to_latent(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latent -> diffusion latent, (z - shift) * scale (ComfyUI: `latent_format.process_in`)."""

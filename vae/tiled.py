@@ -50,7 +50,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .model import AutoencoderKL, DiagonalGaussian
+from .model import AutoencoderKL, DiagonalGaussian, Interrupt, no_interrupt
 from .norm import GroupNorm, StatisticsGathered, group_moments, image_statistics, normalize_with
 
 
@@ -135,8 +135,10 @@ def _tiles(height: int, width: int, tile: int, halo: int):
             yield own, crop
 
 
-def run_segment(steps: list[Step], x: torch.Tensor, tile: int) -> torch.Tensor:
-    """Run `steps` over the whole map `x` tile by tile with image-wide GroupNorm statistics (see module doc)."""
+def run_segment(steps: list[Step], x: torch.Tensor, tile: int, interrupt: Interrupt | None = None) -> torch.Tensor:
+    """Run `steps` over the whole map `x` tile by tile with image-wide GroupNorm statistics (see module doc);
+    `interrupt` (a callable that raises to stop) runs before every tile of every pass."""
+    check = interrupt or no_interrupt
     scale, radius = 1.0, 0.0
     for step in steps:
         radius += step.radius / scale  # context in segment-input pixels
@@ -156,6 +158,7 @@ def run_segment(steps: list[Step], x: torch.Tensor, tile: int) -> torch.Tensor:
     while True:
         gathering, out = _Window(), None
         for own, crop in _tiles(height, width, tile, halo):
+            check()
             tile_pass = _TilePass(known, gathering, own, crop)
             try:
                 with image_statistics(tile_pass):
@@ -239,18 +242,20 @@ def _with_factors(segments, steps, factors):
 
 
 @torch.no_grad()
-def decode_tiled(vae: AutoencoderKL, z: torch.Tensor, tile: int = 512, granularity: str = "level") -> torch.Tensor:
-    """`vae.decode(z)` computed in tiles of about `tile` x `tile` output pixels; same result up to rounding."""
+def decode_tiled(vae: AutoencoderKL, z: torch.Tensor, tile: int = 512, granularity: str = "level",
+                 interrupt: Interrupt | None = None) -> torch.Tensor:
+    """`vae.decode(z)` computed in tiles of about `tile` x `tile` output pixels; same result up to rounding.
+    `interrupt` runs before every tile and inside the middle block (see `vae.model`)."""
     dec = vae.decoder
-    h = dec.mid(dec.conv_in(vae.post_quant_conv(z)))  # lowest resolution, global attention: whole map
+    h = dec.mid(dec.conv_in(vae.post_quant_conv(z)), interrupt)  # lowest resolution, global attention: whole map
     for steps, f in decoder_segments(vae, granularity):
-        h = run_segment(steps, h, max(1, tile // f))
+        h = run_segment(steps, h, max(1, tile // f), interrupt)
     return h
 
 
 @torch.no_grad()
 def encode_tiled(vae: AutoencoderKL, image: torch.Tensor, tile: int = 512, granularity: str = "level",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
     """`vae.encode(image, generator)` computed in tiles of about `tile` x `tile` input pixels."""
     f = vae.cfg.downscale
     if image.shape[-2] % f or image.shape[-1] % f:
@@ -258,7 +263,7 @@ def encode_tiled(vae: AutoencoderKL, image: torch.Tensor, tile: int = 512, granu
     enc = vae.encoder
     h = image
     for steps, fin in encoder_segments(vae, granularity):
-        h = run_segment(steps, h, max(1, tile // fin))
-    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h)), inplace=True))  # lowest resolution, global attention: whole map
+        h = run_segment(steps, h, max(1, tile // fin), interrupt)
+    h = enc.conv_out(F.silu(enc.norm_out(enc.mid(h, interrupt)), inplace=True))  # lowest resolution, global attention: whole map
     q = DiagonalGaussian(vae.quant_conv(h))
     return q.mode() if generator is None else q.sample(generator)

@@ -140,14 +140,15 @@ def test_dpm_solver_matches_cores_ksampler_wrapper(comfy, sampler_id, options, n
         assert len(our_steps) == (core_steps[-1]["n_accept"] if core_steps else 0)
 
 
+@pytest.mark.parametrize("eta", [0.5, 100.0])  # 100: the widget maximum, sigma_down = 0 (t_down clipped as in core)
 @pytest.mark.parametrize("n", [3, 10])
-def test_dpm_fast_options_match_core(comfy, n):
+def test_dpm_fast_options_match_core(comfy, n, eta):
     """Core's ksampler('dpm_fast') wrapper ignores extra options; compare eta/s_noise with sample_dpm_fast itself."""
     sigmas, x = karras(n), noise_input()
     with default_dtype(torch.float64):
         core = comfy.k_sampling.sample_dpm_fast(core_model(comfy), x.clone(), sigmas[-2], sigmas[0], n,
-                                                extra_args={"seed": 9}, disable=True, eta=0.5, s_noise=1.1)
-    ours = REGISTRY["dpm_fast"].fn(toy_denoiser, x.clone(), sigmas, extra_args={"seed": 9}, eta=0.5, s_noise=1.1)
+                                                extra_args={"seed": 9}, disable=True, eta=eta, s_noise=1.1)
+    ours = REGISTRY["dpm_fast"].fn(toy_denoiser, x.clone(), sigmas, extra_args={"seed": 9}, eta=eta, s_noise=1.1)
     assert_parity(ours, core)
 
 

@@ -199,3 +199,95 @@ def test_brownian_device_option_keeps_its_seed():
     two = noise.brownian_tree_noise_sampler(x, 0.1, 10.0, seed=4, cpu=False)(5.0, 4.0)
     assert torch.equal(one, two)
     assert abs(float(one.var()) - 1) < 5 * math.sqrt(2 / x.numel())
+
+
+# --- Brownian noise on the device (dyadic tree of bridges) ---------------------------------------------
+
+FAST_N = 2**17  # elements per draw: a sample variance has standard error sqrt(2/N) = 0.004
+
+
+def test_fast_brownian_increments_have_variance_dt_at_any_times():
+    """W(t1) - W(t0) ~ N(0, t1 - t0) for intervals on and off the tree's grid, short and long, including the
+    ends of the range (W(lo) = 0, W(hi) from the root alone). The shortest, 1e-3 relative, spans about ten
+    leaf cells of the tree (2^-16 of log(14.6/0.03): 9.4e-5 relative), the documented resolution."""
+    path = noise.DyadicBrownian(0.03, 14.6, (FAST_N,), [5], "cpu", torch.float64)
+    for t0, t1 in [(0.03, 14.6), (0.03, 0.0301), (1.0, 1.3), (2.2, 9.7), (13.0, 14.6), (0.5, 0.5005)]:
+        inc = (path(t1) - path(t0))[0] / math.sqrt(t1 - t0)
+        assert abs(float(inc.mean())) < 5 / math.sqrt(FAST_N), (t0, t1)
+        assert abs(float(inc.var()) - 1) < 5 * math.sqrt(2 / FAST_N), (t0, t1)
+
+
+def test_fast_brownian_increments_over_disjoint_intervals_are_independent():
+    """Correlations of the normalised increments over disjoint intervals (adjacent, and apart) and of W at two
+    times against its theoretical value sqrt(min/max) (Brownian covariance min(s, t))."""
+    path = noise.DyadicBrownian(0.1, 10.0, (FAST_N,), [6], "cpu", torch.float64)
+    times = [10.0, 7.3, 5.0, 2.0, 1.1, 0.4, 0.1]
+    z = [(path(a) - path(b))[0] / math.sqrt(a - b) for a, b in zip(times[:-1], times[1:])]
+    for i in range(len(z)):
+        for j in range(i + 1, len(z)):
+            assert abs(float((z[i] * z[j]).mean())) < 5 / math.sqrt(FAST_N), (i, j)
+    w1, w2 = path(3.0)[0], path(6.0)[0]  # W(t) = B(t - 0.1): covariance 2.9, variances 2.9 and 5.9
+    corr = float((w1 * w2).mean() / (w1.var() * w2.var()).sqrt())
+    assert abs(corr - math.sqrt(2.9 / 5.9)) < 5 / math.sqrt(FAST_N)
+
+
+def test_fast_brownian_ten_and_twenty_steps_see_one_path():
+    """One seed, one path: every other point of a 20-step schedule is a point of the 10-step one, and the
+    10-step noise times sqrt(dt) is the sum of the two 20-step increments it spans (fresh samplers each)."""
+    x = torch.zeros(2, 4, 16, 16)
+    sig20 = torch.linspace(14.6, 0.03, 21).tolist()
+    sig10 = sig20[::2]
+    fine = make_noise_sampler("brownian-fast", x, 42, 0.03, 14.6)
+    coarse = make_noise_sampler("brownian-fast", x, 42, 0.03, 14.6)
+    w20 = [fine(a, b) * math.sqrt(a - b) for a, b in zip(sig20[:-1], sig20[1:])]
+    w10 = [coarse(a, b) * math.sqrt(a - b) for a, b in zip(sig10[:-1], sig10[1:])]
+    for k, w in enumerate(w10):
+        torch.testing.assert_close(w, w20[2 * k] + w20[2 * k + 1], rtol=0, atol=1e-5)
+    other = make_noise_sampler("brownian-fast", x, 43, 0.03, 14.6)(sig10[0], sig10[1]) * math.sqrt(sig10[0] - sig10[1])
+    assert not torch.allclose(other, w10[0]), "another seed, another path"
+
+
+def test_fast_brownian_is_oriented_and_empty_steps_are_zero():
+    x = torch.zeros(3, 100)
+    sample = make_noise_sampler("brownian-fast", x, 1, 0.1, 10.0)
+    torch.testing.assert_close(sample(2.0, 1.0), -sample(1.0, 2.0))
+    assert torch.equal(sample(2.0, 2.0), x)
+
+
+def test_fast_brownian_makes_no_host_round_trip(monkeypatch):
+    """Queries compute W on x's device from host floats only: reading a tensor back (item, tolist, float,
+    cpu, numpy) during sampling is an error here (on a GPU each would be a sync)."""
+    x = torch.zeros(2, 4, 8, 8)
+    sample = make_noise_sampler("brownian-fast", x, [3, 4], 0.03, 14.6)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host round trip")
+
+    for name in ("item", "tolist", "__float__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    sigmas = [14.6, 7.0, 3.0, 1.0, 0.03]
+    draws = [sample(a, b) for a, b in zip(sigmas[:-1], sigmas[1:])]
+    monkeypatch.undo()
+    assert all(d.shape == x.shape and torch.isfinite(d).all() for d in draws)
+
+
+@pytest.mark.parametrize("sampler_id", ["dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"])
+def test_sde_samplers_take_the_fast_brownian_noise(sampler_id):
+    """The SDE samplers' noise_type option reaches their noise: brownian (the default, core's tree) and
+    brownian-fast give other pictures for one seed, each reproducible; eta = 0 ignores the noise type."""
+    from diffusion_anatomy.samplers.runner import run_sampler
+
+    def model(x, sigma, **_):  # x0 estimate of unit Gaussian data: x / (1 + sigma^2)
+        return x / (1 + sigma[:, None, None, None] ** 2)
+
+    x = 14.6 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([14.6, 5.0, 2.0, 0.8, 0.3, 0.0])
+
+    def run(**options):
+        return run_sampler(sampler_id, model, x, sigmas, extra_args={"seed": 3}, **options)
+
+    default, fast = run(), run(noise_type="brownian-fast")
+    assert torch.equal(fast, run(noise_type="brownian-fast"))
+    assert torch.equal(default, run(noise_type="brownian"))
+    assert (fast - default).abs().max() > 1e-2
+    torch.testing.assert_close(run(eta=0.0, noise_type="brownian-fast"), run(eta=0.0))

@@ -14,6 +14,7 @@ import diffusion_anatomy.samplers, diffusion_anatomy.samplers.schedules, diffusi
 import diffusion_anatomy.unet.model, diffusion_anatomy.vae.model, diffusion_anatomy.vae.tiled
 import diffusion_anatomy.clip.encoder, diffusion_anatomy.checkpoint.reader
 import diffusion_anatomy.embedded.data, diffusion_anatomy.embedded.config, diffusion_anatomy.embedded.train
+import diffusion_anatomy.lab.sweep, diffusion_anatomy.lab.report, diffusion_anatomy.lab.torch_backend
 import diffusion_anatomy.anatomy.draw
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("comfy", "comfy_extras", "folder_paths", "nodes", "server", "execution"))
 print(",".join(bad))

@@ -12,6 +12,7 @@ from diffusion_anatomy.clip.tokenizer import (
     EOS,
     BPETokenizer,
     ChunkSpec,
+    PromptWeightError,
     bytes_to_unicode,
     normalize,
     parse_weights,
@@ -87,6 +88,15 @@ def test_prompt_weights(text, expected):
     got = parse_weights(text)
     assert [s for s, _ in got] == [s for s, _ in expected]
     assert [w for _, w in got] == pytest.approx([w for _, w in expected], rel=1e-12)
+
+
+@pytest.mark.parametrize("text, named", [("(red:1e309)", "inf"), ("(red:nan)", "nan"), ("a (b (red:-inf) c)", "-inf"),
+                                         ("(red:1e39)", "1e+39")])
+def test_non_finite_prompt_weights_are_refused_naming_the_weight(text, named):
+    """Core parses these and the conditioning becomes NaN/inf; the error would surface steps later as a NaN model."""
+    with pytest.raises(PromptWeightError) as error:
+        parse_weights(text)
+    assert f"prompt weight {named}" in str(error.value) and "red" in str(error.value)
 
 
 def test_escaped_brackets_are_literal_text():

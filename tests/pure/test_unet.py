@@ -130,10 +130,11 @@ def test_vector_conditioning_is_required_exactly_for_sdxl():
         model(x, t, context)
 
 
+@pytest.mark.parametrize("config", [TINY, TINY_XL], ids=["sd1-like", "sdxl-like"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_stays_close_to_float32(dtype):
-    model = random_model(TINY_XL)
-    x, t, context, y = inputs(TINY_XL)
+def test_half_precision_stays_close_to_float32(dtype, config):
+    model = random_model(config)
+    x, t, context, y = inputs(config)
     with torch.no_grad():
         reference = model(x, t, context, y)
         out = model.to(dtype)(x, t, context, y)
@@ -152,3 +153,51 @@ def test_groupnorm32_is_exact_where_half_precision_statistics_overflow():
     reference = torch.nn.functional.group_norm(x.half().double(), 32, eps=norm.eps)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), reference, atol=2e-2, rtol=0)
+
+
+def _upcast_group_norm(self, x):
+    """LDM's original GroupNorm32: float32 round trip (the behaviour before issue 12)."""
+    return torch.nn.functional.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                                          self.eps).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_native_group_norm_matches_the_float32_round_trip_within_one_rounding(dtype):
+    """ATen accumulates half-precision statistics in float32: the only difference to the upcast version is
+    where the result is rounded, so it stays within a couple of units in the last place (2^-7 relative
+    for bf16, 2^-10 for fp16, times a normalised value of at most ~4 here)."""
+    norm = GroupNorm32(8, 32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = 3 + 2 * torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(0))
+    norm = norm.to(dtype)
+    native, upcast = norm(x.to(dtype)), _upcast_group_norm(norm, x.to(dtype))
+    assert native.dtype == dtype
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    assert (native.float() - upcast.float()).abs().max().item() <= 2 * ulp * upcast.float().abs().max().item()
+
+
+def test_float32_group_norm_is_torchs_group_norm_exactly():
+    norm = GroupNorm32(8, 32)
+    x = torch.randn(2, 32, 5, 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(norm(x), torch.nn.GroupNorm.forward(norm, x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_native_group_norm_leaves_the_half_precision_unet_where_the_round_trip_had_it(dtype, monkeypatch):
+    """The whole U-Net in half precision, new norm vs LDM's round trip, both against float32: the change
+    must not add error of its own (the new error at most 1.5x the old, plus a bf16/fp16 step)."""
+    model = random_model(TINY)
+    x, t, context, _ = inputs(TINY)
+    with torch.no_grad():
+        reference = model(x, t, context)
+        half = model.to(dtype)
+        native = half(x, t, context)
+        monkeypatch.setattr(GroupNorm32, "forward", _upcast_group_norm)
+        upcast = half(x, t, context)
+    scale = reference.abs().max().item()
+    err_native = (native - reference).abs().max().item() / scale
+    err_upcast = (upcast - reference).abs().max().item() / scale
+    step = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}[dtype]
+    assert err_native <= 1.5 * err_upcast + step, (err_native, err_upcast)

@@ -1,0 +1,57 @@
+"""Peak activation memory of one U-Net call or one VAE decode on a CPU, to fit unet/memory.py and vae/memory.py.
+
+One point per process (ru_maxrss only grows): the peak resident size during the call minus the peak before it
+(model and inputs built), and the call's seconds. fp32, two threads, no grad, seeded random weights (the
+memory does not depend on their values).
+
+    python bench/memory.py unet|vae|vaetiled SIZE BATCH [sd]     (sd: SD1.5 shapes; default: the embedded model's)
+
+Measured on the shared 2-core CPU (MiB of growth / seconds; the seconds vary with the other jobs):
+    unet tiny 256/512/1024, batch 1: 27.9 / 54.5 / 159.4 MiB (4.2 / 8.6 / 33.8 s); 512 batch 2: 87.1 MiB
+    unet SD1.5 256/512, batch 1: 182.7 / 255.9 MiB (28 / 58 s)
+    vae tiny 256/512/1024, batch 1: 65.0 / 216.8 / 675.8 MiB (4.7 / 9.3 / 24.6 s); 512 batch 2: 348.9 MiB
+    vae SD 256, batch 1: 218.0 MiB (24.8 s)
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import conftest  # noqa: E402,F401  (makes the pack importable as diffusion_anatomy without ComfyUI)
+
+from diffusion_anatomy.embedded.config import TINY  # noqa: E402
+from diffusion_anatomy.unet import SD15, UNetModel  # noqa: E402
+from diffusion_anatomy.vae.config import PRESETS  # noqa: E402
+from diffusion_anatomy.vae.model import AutoencoderKL  # noqa: E402
+from diffusion_anatomy.vae.tiled import decode_tiled  # noqa: E402
+
+
+def main(kind: str, size: int, batch: int, sd: bool) -> str:
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    latent = torch.randn(batch, 4, size // 8, size // 8)
+    with torch.no_grad():
+        if kind == "unet":
+            cfg = SD15 if sd else TINY.unet
+            model = UNetModel(cfg).eval()
+            context, t = torch.randn(batch, 77, cfg.context_dim), torch.full((batch,), 500.0)
+            call = lambda: model(latent, t, context)  # noqa: E731
+        else:
+            vae = AutoencoderKL(PRESETS["sd"] if sd else TINY.vae).eval()
+            call = (lambda: vae.decode(latent)) if kind == "vae" else (lambda: decode_tiled(vae, latent, tile=512))  # noqa: E731
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.monotonic()
+        call()
+        seconds = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"{kind} {'sd' if sd else 'tiny'} size={size} batch={batch} peak_growth_MiB={(after - before) / 1024:.1f} seconds={seconds:.2f}"
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), len(sys.argv) > 4 and sys.argv[4] == "sd"))

@@ -1,0 +1,77 @@
+"""The sampler lab on the command line, in-process, no server: error per model call and per second.
+
+    python bench/sampler_lab.py --samplers euler,heun --steps 5,10,20 --schedule karras --out DIR
+        [--samplers all] [--prompt "..."] [--negative ""] [--cfg 5] [--seed 0] [--verify-reference]
+        [--checkpoint FILE]
+
+writes DIR/lab.csv (columns sampler, schedule, steps, nfe, seconds, error), DIR/grid.png,
+DIR/error_vs_nfe.png and DIR/lab.md, and prints the Markdown. The embedded model by default
+(pure torch, as embedded/sample.py draws); `--checkpoint FILE` for another file the pack's loader
+builds without ComfyUI (a pack-made checkpoint with its configs in the metadata, such as the embedded
+one). `--schedule` takes a comma list. `--verify-reference` also solves the reference with every step
+halved and reports the change (3x its cost). Same engine as the Sampler Lab node (`lab/`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if "diffusion_anatomy" not in sys.modules:  # the repo root as the pack, without its ComfyUI-facing __init__
+    _pack = types.ModuleType("diffusion_anatomy")
+    _pack.__path__ = [str(ROOT)]
+    sys.modules["diffusion_anatomy"] = _pack
+
+import torch  # noqa: E402
+
+from diffusion_anatomy.lab import report  # noqa: E402
+from diffusion_anatomy.lab.sweep import LabError, parse_samplers, parse_schedules, parse_steps, sweep  # noqa: E402
+from diffusion_anatomy.lab.torch_backend import embedded_backend  # noqa: E402
+
+DEFAULT_PROMPT = "a large red circle at the top left on a blue background"
+
+
+def run(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samplers", default="euler,heun,dpmpp_2m", help="'all' or a comma list of sampler ids")
+    ap.add_argument("--steps", default="5,10,20,40", help="comma list of step counts")
+    ap.add_argument("--schedule", default="karras", help="comma list of schedule names")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--negative", default="")
+    ap.add_argument("--cfg", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verify-reference", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        samplers, steps, schedules = parse_samplers(args.samplers), parse_steps(args.steps), parse_schedules(args.schedule)
+    except LabError as error:
+        ap.error(str(error))
+    backend = embedded_backend(args.prompt, args.negative, args.cfg, args.seed, path=args.checkpoint)
+    t0 = time.perf_counter()
+    result = sweep(backend, samplers, schedules, steps, verify_reference=args.verify_reference)
+    t_draw = time.perf_counter()
+    pictures = backend.pictures([c.latent for c in result.cells])
+    title = f"Sampler Lab: cfg {args.cfg:g}, seed {args.seed}"
+    grid = report.grid_image(result, pictures, title)
+    plot = report.plot_image(result, f"error against model calls ({', '.join(s.name for s in schedules)})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out / "grid.png")
+    plot.save(args.out / "error_vs_nfe.png")
+    (args.out / "lab.csv").write_text(report.csv_text(result.cells))
+    drawing = time.perf_counter() - t_draw
+    md = report.markdown(result) + f"- drawing the grid and plot: {drawing:.2f} s ({100 * drawing / max(result.seconds_cells, 1e-9):.1f}% of the runs)\n"
+    (args.out / "lab.md").write_text(md)
+    print(md)
+    print(f"wrote {args.out}/lab.csv, grid.png, error_vs_nfe.png, lab.md ({time.perf_counter() - t0:.1f} s)")
+    return {"result": result, "drawing": drawing, "backend": backend}
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(int(__import__("os").environ.get("LAB_THREADS", "1")))  # an 8x8 latent gains nothing from more threads; they contend
+    run()
