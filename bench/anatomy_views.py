@@ -39,6 +39,9 @@ def main() -> None:
 
     load_comfy(hostenv.comfyui_dir())
     import comfy.samplers
+    import comfy.utils
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm output in the table
 
     from diffusion_anatomy.embedded import LOADER_NAME
     from diffusion_anatomy.nodes import anatomy_nodes, denoise_nodes, model_nodes

@@ -39,6 +39,12 @@ NOTES = {
              "prediction of the clean picture x0. The sampling itself is unchanged; the strip updates live while it runs.",
     "latent": "The latent space: the U-Net works on a latent 8 times smaller each side (4x64x64 for 512x512; 4x8x8 here). The VAE "
               "decoder turns it into the picture.",
+    "capture": "The U-Net inside: two capture nodes patch the MODEL through ComfyUI's own hooks (attention patches, block patches) "
+               "to watch cross-attention (the words of the prompt meet places in the picture) and each level of the U while it denoises.",
+    "levels": "U-Net levels: the encoder goes down (64x64 -> 8x8 for SD1.5 at 512; 8x8 -> 1x1 here), the bottleneck has self- and "
+              "cross-attention, the decoder goes back up with skip connections from the encoder.",
+    "attention": "Cross-attention per word: where in the picture the U-Net looked at each word of the prompt (DAAM: summed over heads, "
+                 "layers and steps).",
     "sigmas": "Samplers and schedules: the sampler walks a descending list of noise levels sigma from pure noise to 0. Different "
               "schedules spend their steps differently; here three side by side on a log axis.",
 }
@@ -77,7 +83,7 @@ def text_to_image(g: Graph, n: dict, sampler_node: list | None = None, steps: in
     sigmas = g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler="karras", steps=steps, denoise=1.0)
     if sampler_node is None:
         sampler_node = [g.add(f"{P}Sampler_dpmpp_2m", "DPM++ 2M"), 0]
-    return g.add(f"{P}UNetDenoise", model=[n["ckpt"], 0], positive=[n["pos"], 0], negative=[n["neg"], 0], latent_image=[latent, 0],
+    return g.add(f"{P}UNetDenoise", model=n.get("model", [n["ckpt"], 0]), positive=[n["pos"], 0], negative=[n["neg"], 0], latent_image=[latent, 0],
                  sampler=sampler_node, sigmas=[sigmas, 0], cfg=5.0, seed=seed, add_noise=True)
 
 
@@ -122,6 +128,23 @@ def latent_view(g: Graph, n: dict, out: str) -> None:
     save(g, [dec, 0], "anatomy_picture")
 
 
+def captures(g: Graph, n: dict) -> None:
+    """Route the MODEL through the cross-attention and U-Net levels captures; sampling then uses n["model"]."""
+    g.stage("The U-Net inside: capture while it denoises", NOTES["capture"])
+    attn = g.add(f"{P}CrossAttentionCapture", model=[n["ckpt"], 0])
+    levels = g.add(f"{P}UNetLevelsCapture", model=[attn, 0], step=10)
+    n.update(model=[levels, 0], attention=attn, levels=levels)
+
+
+def inside_views(g: Graph, n: dict, out: str) -> None:
+    g.stage("U-Net levels and cross-attention per word", NOTES["levels"] + " " + NOTES["attention"])
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
+    levels = g.add(f"{P}UNetLevelsView", levels=[n["levels"], 1], image=[dec, 0], mode="pca_rgb")
+    save(g, [levels, 0], "anatomy_unet_levels")
+    words = g.add(f"{P}CrossAttentionView", attention_maps=[n["attention"], 1], image=[dec, 0], clip=[n["ckpt"], 1], text=PROMPT, words="")
+    save(g, [words, 0], "anatomy_cross_attention")
+
+
 def sigma_view(g: Graph, n: dict) -> None:
     g.stage("Samplers walk a noise schedule", NOTES["sigmas"])
     ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
@@ -138,10 +161,13 @@ def build() -> dict[str, Graph]:
     g = Graph(); n = base(g); steps_view(g, n); graphs["anatomy_denoising_steps"] = g
     g = Graph(); n = base(g); out = text_to_image(g, n); latent_view(g, n, out); graphs["anatomy_latent_channels"] = g
     g = Graph(); n = base(g); sigma_view(g, n); graphs["anatomy_sigma_plot"] = g
-    # the tour, in the document's order: CLIP reads the text; the diffusion process, forward then reverse
-    # (step by step); the latent and the VAE decoder; the samplers' schedules
+    # the tour, in the document's order: CLIP reads the text; the U-Net inside (its levels, cross-attention);
+    # the diffusion process, reverse (step by step: it makes the picture) and forward; the latent and the
+    # VAE decoder; the samplers' schedules
     g = Graph(); n = base(g); tokens(g, n)
+    captures(g, n)
     out = steps_view(g, n)
+    inside_views(g, n, out)
     forward(g, n, out)
     latent_view(g, n, out)
     sigma_view(g, n)
@@ -179,7 +205,8 @@ def ui_with_groups(graph: Graph, info: dict) -> dict:
     return ui
 
 
-VIEW_NODES = {"Tokens", "ForwardDiffusion", "DenoisingStepsRecorder", "DenoisingSteps", "LatentChannels", "PlotSigmas"}
+VIEW_NODES = {"Tokens", "ForwardDiffusion", "DenoisingStepsRecorder", "DenoisingSteps", "LatentChannels", "PlotSigmas",
+              "CrossAttentionView", "UNetLevelsView"}
 
 
 def main() -> None:

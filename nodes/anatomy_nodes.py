@@ -141,21 +141,22 @@ class RecordingSampler(comfy.samplers.Sampler):
         return self.inner.sample(model_wrap, sigmas, extra_args, record, noise, latent_image, denoise_mask, disable_pbar)
 
 
-def live_strip(recorder: steps_view.StepRecorder, vae, every_step: int) -> "draw.Image.Image":
-    """The x0 predictions so far, small, one per recorded step (decoded by the VAE if one is given, else ComfyUI's linear preview)."""
-    fmt = recorder.latent_format
-    pictures, captions = [], []
-    for s in recorder.steps[-12:]:
-        x0 = s.denoised[None]
-        if vae is not None:
-            pixels = vae.decode(fmt.process_out(x0))
-            pictures.append(draw.upscale(draw.to_pil(pixels.reshape(-1, *pixels.shape[-3:])[0]), 64))
-        else:
-            factors = torch.tensor(fmt.latent_rgb_factors) if fmt.latent_rgb_factors is not None else torch.eye(x0.shape[1], 3)
-            bias = torch.tensor(fmt.latent_rgb_factors_bias) if getattr(fmt, "latent_rgb_factors_bias", None) is not None else None
-            pictures.append(draw.upscale(draw.to_pil(latents.latent_to_rgb(x0[0], factors, bias)), 64))
-        captions.append(f"{s.i}: {s.sigma:.2g}")
-    return draw.strip(pictures, captions, title=f"x0 prediction, step {recorder.steps[-1].i + 1} of {recorder.total}", size=11)
+def live_picture(step: steps_view.Step, fmt, vae) -> "draw.Image.Image":
+    """One recorded step's x0 prediction, small: decoded by the VAE if one is given, else ComfyUI's linear latent preview."""
+    x0 = step.denoised[None]
+    if vae is not None:
+        pixels = vae.decode(fmt.process_out(x0))
+        return draw.upscale(draw.to_pil(pixels.reshape(-1, *pixels.shape[-3:])[0]), 64)
+    factors = torch.tensor(fmt.latent_rgb_factors) if fmt.latent_rgb_factors is not None else torch.eye(x0.shape[1], 3)
+    bias = torch.tensor(fmt.latent_rgb_factors_bias) if getattr(fmt, "latent_rgb_factors_bias", None) is not None else None
+    return draw.upscale(draw.to_pil(latents.latent_to_rgb(x0[0], factors, bias)), 64)
+
+
+def live_strip(recorder: steps_view.StepRecorder, pictures: list) -> "draw.Image.Image":
+    """The last 12 x0 predictions so far, captioned step: sigma."""
+    shown = recorder.steps[-12:]
+    captions = [f"{s.i}: {s.sigma:.2g}" for s in shown]
+    return draw.strip(pictures[-len(shown):], captions, title=f"x0 prediction, step {shown[-1].i + 1} of {recorder.total}", size=11)
 
 
 class DenoisingStepsRecorder:
@@ -186,9 +187,13 @@ class DenoisingStepsRecorder:
         recorder = steps_view.StepRecorder(every=every)
         if live_preview and unique_id is not None:
             bar = comfy.utils.ProgressBar(1, node_id=unique_id)
+            pictures: list = []  # one small picture per recorded step, each decoded once
 
             def preview(rec: steps_view.StepRecorder) -> None:
-                bar.update_absolute(rec.steps[-1].i + 1, rec.total, ("JPEG", live_strip(rec, vae, every), 2048))
+                if len(rec.steps) == 1:
+                    pictures.clear()  # a new run
+                pictures.append(live_picture(rec.steps[-1], rec.latent_format, vae))
+                bar.update_absolute(rec.steps[-1].i + 1, rec.total, ("JPEG", live_strip(rec, pictures), 2048))
 
             recorder.on_step = preview
         return (RecordingSampler(sampler, recorder), recorder)

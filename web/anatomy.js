@@ -7,7 +7,7 @@ import { api } from "../../scripts/api.js";
 
 const PREFIX = "DiffusionAnatomy";
 const VIEWS = new Set(["Tokens", "ForwardDiffusion", "DenoisingSteps", "LatentChannels", "PlotSigmas", "DenoisingStepsRecorder",
-                       "CrossAttention", "UNetLevels"].map((n) => PREFIX + n));
+                       "CrossAttentionView", "UNetLevelsView"].map((n) => PREFIX + n));
 const MAX_WIDTH = 1100; // wider pictures are shown scaled down
 
 // What a test (or a curious user in the console) can read: previews received per node id.

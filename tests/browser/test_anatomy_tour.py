@@ -15,7 +15,9 @@ pytestmark = pytest.mark.server
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 VIEWS = {"DiffusionAnatomyTokens", "DiffusionAnatomyForwardDiffusion", "DiffusionAnatomyDenoisingSteps",
-         "DiffusionAnatomyLatentChannels", "DiffusionAnatomyPlotSigmas", "DiffusionAnatomyCrossAttention", "DiffusionAnatomyUNetLevels"}
+         "DiffusionAnatomyLatentChannels", "DiffusionAnatomyPlotSigmas"}
+# attn's views return their IMAGE only; the tour saves each (its SaveImage node shows it)
+SAVED_VIEWS = {"DiffusionAnatomyCrossAttentionView", "DiffusionAnatomyUNetLevelsView"}
 RECORDER = "DiffusionAnatomyDenoisingStepsRecorder"
 
 
@@ -50,5 +52,11 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, server):
         fitted = page.wait_for(f"window.DiffusionAnatomy.fitted[{view['id']}]", 30, f"{view['type']} sized to its picture")
         size = next(n for n in page.nodes() if n["id"] == view["id"])["size"]
         assert size[0] >= min(fitted[0], 1100) + 19, (view["type"], size, fitted)
+    links = {link[0]: link for link in wf["links"]}
+    for save in (n for n in wf["nodes"] if n["type"] == "SaveImage"):
+        source = next(n for n in wf["nodes"] if n["id"] == links[save["inputs"][0]["link"]][1])
+        if source["type"] in SAVED_VIEWS:
+            (item,) = outputs[str(save["id"])]["images"]
+            assert any(f"filename={item['filename']}" in u for u in page.node_image_urls(save["id"])), source["type"]
     page.screenshot(artifacts_dir() / "anatomy_tour.png")
     assert page.pack_errors() == []

@@ -39,7 +39,7 @@ def ddpm_sqrt_alpha_bar() -> torch.Tensor:
     return torch.cumprod(1 - betas, 0).sqrt()
 
 
-def sample(e, sampler, steps=8, seed=3, recorder_every=None):
+def sample(e, sampler, steps=8, seed=3, recorder_every=None, live=False):
     """U-Net Denoise on the embedded model; with `recorder_every` the sampler is wrapped by the recorder."""
     import comfy.samplers
 
@@ -49,7 +49,7 @@ def sample(e, sampler, steps=8, seed=3, recorder_every=None):
     ksampler = comfy.samplers.sampler_object(sampler)
     recording = None
     if recorder_every is not None:
-        ksampler, recording = anatomy_nodes.DenoisingStepsRecorder().wrap(ksampler, recorder_every, False)
+        ksampler, recording = anatomy_nodes.DenoisingStepsRecorder().wrap(ksampler, recorder_every, live, e["vae"], unique_id="1")
     sigmas = model_schedule(e["model"], "karras", steps, 1.0)
     out, denoised = denoise_nodes.UNetDenoise().denoise(e["model"], e["pos"], e["neg"], e["empty"], ksampler, sigmas, 4.0, seed, True)
     return out, denoised, recording
@@ -128,7 +128,7 @@ def test_denoising_steps_leave_the_latent_bit_identical_and_converge(embedded, s
 def test_denoising_steps_view_draws_a_column_per_step(embedded):
     from diffusion_anatomy.nodes import anatomy_nodes
 
-    out, _, recording = sample(embedded, "euler", steps=6, recorder_every=2)
+    out, _, recording = sample(embedded, "euler", steps=6, recorder_every=2, live=True)  # the live strip drawn at each kept step
     assert [s.i for s in recording.steps] == [0, 2, 4, 5]
     (grid,) = anatomy_nodes.DenoisingSteps().show(recording, embedded["vae"], out, True, 10)["result"]
     assert grid.shape[0] == 1 and grid.shape[2] > 4 * 96 and grid.shape[1] > 3 * 96

@@ -30,6 +30,8 @@ def expected_size(prefix: str, width: int, height: int) -> bool:
         "anatomy_latent_channels": lambda w, h: w >= 6 * 128 and h >= 128,  # 4 channels, RGB preview, decode
         "anatomy_sigmas": lambda w, h: (w, h) == (640, 360),
         "anatomy_tokens": lambda w, h: h >= 15 * 18,  # BOS + 12 words + EOS + padding line, ~24 px a row
+        "anatomy_unet_levels": lambda w, h: w >= 3 * 64 and h >= 2 * 64,  # the U: down path, bottleneck, up path
+        "anatomy_cross_attention": lambda w, h: w * h >= 12 * 64 * 64,  # the picture and one panel per word (11 words)
     }
     return rules[prefix](width, height)
 
@@ -39,7 +41,7 @@ def test_every_view_has_a_bundled_workflow_and_the_tour_has_them_all():
     assert {"anatomy_tokens", "anatomy_forward_diffusion", "anatomy_denoising_steps", "anatomy_latent_channels",
             "anatomy_sigma_plot", "anatomy_tour"} <= names
     tour = json.loads((WORKFLOWS / "api/anatomy_tour.json").read_text())
-    assert VIEWS <= {n["class_type"] for n in tour.values()}
+    assert VIEWS | {"DiffusionAnatomyCrossAttentionView", "DiffusionAnatomyUNetLevelsView"} <= {n["class_type"] for n in tour.values()}
     for p in ANATOMY:
         ui = json.loads((WORKFLOWS / p.name).read_text())
         assert ui["groups"] and any(n["type"] == "Note" for n in ui["nodes"]), f"{p.name}: no groups or notes"
