@@ -23,7 +23,7 @@ import torch
 from ..clip.encoder import SD1, SD2, SDXL, TextEncoder, TextEncoderConfig
 from ..embedded.config import CLIP_CONFIG_METADATA_KEY, VAE_CONFIG_METADATA_KEY, from_metadata
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
-from ..unet.blocks import preferred_memory_format
+from ..unet.blocks import GroupNorm32, preferred_memory_format
 from ..unet.model import UNetModel
 from ..vae.config import PRESETS as VAE_PRESETS, VAEConfig
 from ..vae.memory import decode_bytes, decode_tiled_bytes
@@ -61,6 +61,26 @@ class ComfyUNet(UNetModel):
                                interrupt=mm.throw_exception_if_processing_interrupted)
 
 
+def with_comfy_ops(module: torch.nn.Module) -> torch.nn.Module:
+    """Give the pack's layers the classes of ComfyUI's `comfy.ops.disable_weight_init` (in place), as core's U-Net has.
+
+    They are the same layers (same parameters, same maths when the weights sit on the input's device) that
+    also know how to run with their weights elsewhere: in lowvram/novram modes ModelPatcher leaves the
+    weights of layers that do not fit on the offload device and sets `comfy_cast_weights`, and those layers
+    copy them (with any LoRA patch, `weight_function`) to the input's device per call. A plain torch layer
+    that does not fit would be left behind unpatched (tests/host/test_model_management.py).
+    """
+    import comfy.ops
+
+    ops = comfy.ops.disable_weight_init
+    classes = {torch.nn.Linear: ops.Linear, torch.nn.Conv2d: ops.Conv2d, torch.nn.LayerNorm: ops.LayerNorm,
+               GroupNorm32: ops.GroupNorm}  # ops.GroupNorm computes in the input's dtype, as GroupNorm32 does
+    for layer in module.modules():
+        if type(layer) in classes:
+            layer.__class__ = classes[type(layer)]
+    return module
+
+
 def unet_weight_dtype(model_config, parameters: int) -> torch.dtype:
     """The dtype ComfyUI would run this U-Net in on the current device (fp32 on a CPU).
 
@@ -94,7 +114,7 @@ def comfy_model(unet: UNetModel, family: str, prediction: str, latent_scale: flo
         ours = ComfyUNet(unet.config)
     ours.load_state_dict(state, strict=True, assign=True)  # same tensors, ComfyUI's call signature
     ours = ours.to(dtype, memory_format=preferred_memory_format(mm.get_torch_device()))  # channels_last on CUDA
-    model.diffusion_model = ours.eval().requires_grad_(False)
+    model.diffusion_model = with_comfy_ops(ours).eval().requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 

@@ -18,14 +18,9 @@ pytestmark = pytest.mark.host
 
 @pytest.fixture(scope="module")
 def tiny_model(comfy):
-    """A ComfyUI MODEL around a tiny SD1-layout pack U-Net (the embedded model's shapes, seeded weights)."""
-    from diffusion_anatomy.embedded.config import TINY
-    from diffusion_anatomy.nodes.bridge import comfy_model
-    from diffusion_anatomy.unet import UNetModel
+    from support.comfy_models import tiny_pack_model
 
-    torch.manual_seed(0)
-    unet = UNetModel(TINY.unet).eval()
-    return comfy_model(unet, "sd15", "eps")
+    return tiny_pack_model()
 
 
 def sample(model, size=8, seed=0):
