@@ -179,10 +179,11 @@ def stage_of(node: dict) -> tuple[str, str]:
 
 
 def note_height(text: str, width: int) -> int:
-    """Height a Note needs for its text (about 7 px per character, 18 px per line, plus margins)."""
-    per_line = max(1, (width - 30) // 7)
+    """Height a Note needs for its text (its monospace font: about 6.2 px per character, 14 px per
+    line, plus margins; measured on the frontend's screenshots)."""
+    per_line = max(1, int((width - 30) / 6.2))
     lines = sum(1 + len(par) // per_line for par in text.split("\n"))
-    return 40 + 18 * lines
+    return 40 + 14 * lines
 
 
 def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
@@ -197,7 +198,8 @@ def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
     notes, groups = [], []
     for title in sorted(stages, key=lambda t: (order.index(t) if t in order else len(order), t)):
         stage = stages[title]
-        width = max([MIN_WIDTH, *(sizes[n["id"]][0] for n in stage["nodes"])])
+        # wide enough for the group's title (24 px font: about 13 px per character)
+        width = max([MIN_WIDTH, 13 * len(title) - 2 * PAD, *(sizes[n["id"]][0] for n in stage["nodes"])])
         y = GROUP_TITLE_H + PAD
         if stage["note"]:
             h = note_height(stage["note"], width)
@@ -220,10 +222,11 @@ def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
     ui["nodes"] += notes
     ui["groups"] = groups
     ui["last_node_id"] = max(n["id"] for n in ui["nodes"])
-    # open with the whole graph in view on a 1600x900 canvas
+    # open on the first stages at a zoom where the frontend still draws text (below about 0.6 it
+    # draws boxes only), the whole graph when it fits a 1600x900 window; clear of the top bars
     height = max(g["bounding"][3] for g in groups)
-    scale = round(min(1.0, 1500 / x, 780 / height), 2)
-    ui["extra"] = {"ds": {"scale": scale, "offset": [40 / scale, 60 / scale]}}
+    scale = round(max(0.75, min(1.0, 1500 / x, 760 / height)), 2)
+    ui["extra"] = {"ds": {"scale": scale, "offset": [round(70 / scale), round(130 / scale)]}}
     return ui
 
 
