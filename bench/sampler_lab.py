@@ -58,21 +58,26 @@ def run(argv=None) -> dict:
         ap.error(str(error))
     t0 = time.perf_counter()
     result = sweep(backend, samplers, schedules, steps, verify_reference=args.verify_reference)
-    t_draw = time.perf_counter()
+    t_decode = time.perf_counter()
     pictures = backend.pictures([c.latent for c in result.cells])
+    t_draw = time.perf_counter()
     title = f"Sampler Lab: cfg {args.cfg:g}, seed {args.seed}"
-    grid = report.grid_image(result, pictures, title)
+    grid = report.grid_image(result, list(pictures), title)
     plot = report.plot_image(result, f"error against model calls ({', '.join(s.name for s in schedules)})")
+    drawing = time.perf_counter() - t_draw
+    decoding = t_draw - t_decode
     args.out.mkdir(parents=True, exist_ok=True)
     grid.save(args.out / "grid.png")
     plot.save(args.out / "error_vs_nfe.png")
     (args.out / "lab.csv").write_text(report.csv_text(result.cells))
-    drawing = time.perf_counter() - t_draw
-    md = report.markdown(result) + f"- drawing the grid and plot: {drawing:.2f} s ({100 * drawing / max(result.seconds_cells, 1e-9):.1f}% of the runs)\n"
+    runs = max(result.seconds_cells, 1e-9)
+    md = report.markdown(result) + (f"- drawing the grid and the plot: {drawing:.2f} s ({100 * drawing / runs:.1f}% of the runs); "
+                                    f"decoding the {len(result.cells)} pictures with the VAE (one batch): {decoding:.2f} s "
+                                    f"({100 * decoding / runs:.1f}% of the runs)\n")
     (args.out / "lab.md").write_text(md)
     print(md)
     print(f"wrote {args.out}/lab.csv, grid.png, error_vs_nfe.png, lab.md ({time.perf_counter() - t0:.1f} s)")
-    return {"result": result, "drawing": drawing, "backend": backend}
+    return {"result": result, "drawing": drawing, "decoding": decoding, "backend": backend}
 
 
 if __name__ == "__main__":
