@@ -31,6 +31,11 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, server):
     assert len(views) >= 5
     (recorder,) = [n for n in nodes if n["type"] == RECORDER]
 
+    # new seeds and widths, so that nothing comes from the server's cache of an earlier run of the same graph
+    page.evaluate("""app.graph._nodes.forEach(n => (n.widgets || []).forEach(w => {
+        if (w.name === "seed") w.value = 1000 + (Date.now() % 100000);
+        if (n.type === "DiffusionAnatomyTokens" && w.name === "text") w.value = w.value + " ";
+        if (n.type === "DiffusionAnatomyPlotSigmas" && w.name === "width") w.value = w.value + 8; }))""")
     prompt_id = page.queue()
     # the live strip: previews for the recorder's node arrive while the prompt is still running
     counts = []
