@@ -9,8 +9,9 @@ Reported per variant: median seconds per forward over all rounds, and the spread
 round medians); the ratio ours/core is the median of the per-round ratios (each round's pair ran
 side by side). One warm-up forward per variant first (kernel selection, allocator).
 
-CPU: float32, SD1.5, batch 2, 32x32 latent: ours as the bridge builds it (contiguous NCHW), ours in
-channels_last (to check the bridge's choice), core. CUDA (where torch sees a GPU): float16, batch 2 (one
+CPU: float32, SD1.5, batch 2, 32x32 latent: ours as the bridge builds it (contiguous NCHW) and core, sharing
+one copy of the weights; with --cpu-channels-last also ours in channels_last (a second copy; checks the
+bridge's choice of contiguous on the CPU). CUDA (where torch sees a GPU): float16, batch 2 (one
 CFG step), SD1.5 at 64x64 latent (512^2) and with --sdxl SDXL at 128x128 (1024^2): core, ours contiguous,
 ours channels_last (what the bridge picks on CUDA), core channels_last, timed with CUDA events; with
 --compile also ours under torch.compile(mode="reduce-overhead") (CUDA graphs; compile time reported).
@@ -163,14 +164,16 @@ def kernel_count(fn) -> int:
 
 
 @torch.no_grad()
-def bench_cpu(core_unet, rounds: int, per_round: int) -> dict:
+def bench_cpu(core_unet, rounds: int, per_round: int, channels_last: bool, size: int = 32) -> dict:
     ours, core = random_pair(core_unet, SD15, "cpu", torch.float32)
-    variants = {"core": core, "ours": ours, "ours_channels_last": channels_last_copy(ours)}
-    args_ = inputs(SD15, 2, 32, "cpu", torch.float32)
+    variants = {"core": core, "ours": ours}
+    if channels_last:  # a second copy of the weights (3.4 GB): opt-in on small machines
+        variants["ours_channels_last"] = channels_last_copy(ours)
+    args_ = inputs(SD15, 2, size, "cpu", torch.float32)
     ref = core(*args_)
     diffs = {name: {"max_rel_diff": f"{max_rel_diff(m(*args_), ref):.1e}"} for name, m in variants.items() if name != "core"}
     medians = interleaved(variants, args_, rounds, per_round, cuda=False)
-    title = (f"CPU float32, SD1.5, batch 2, 32x32 latent, {torch.get_num_threads()} threads, "
+    title = (f"CPU float32, SD1.5, batch 2, {size}x{size} latent, {torch.get_num_threads()} threads, "
              f"{rounds} interleaved rounds x {per_round}:")
     return report(title, medians, "core", diffs)
 
@@ -222,6 +225,8 @@ def main():
     parser.add_argument("--sdxl", action="store_true", help="also SDXL at 1024^2 on CUDA")
     parser.add_argument("--compile", action="store_true", help="also torch.compile(reduce-overhead) on CUDA")
     parser.add_argument("--profile", action="store_true", help="count CUDA kernels per forward")
+    parser.add_argument("--cpu-size", type=int, default=32, help="latent side on the CPU (32: 256^2 images)")
+    parser.add_argument("--cpu-channels-last", action="store_true", help="also ours in channels_last on the CPU")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args()
     if args.rounds < 5:
@@ -230,7 +235,7 @@ def main():
     core_unet = load_comfy(cpu=not cuda)
     results = {}
     if not args.skip_cpu:
-        results["cpu_sd15"] = bench_cpu(core_unet, args.rounds, args.per_round)
+        results["cpu_sd15"] = bench_cpu(core_unet, args.rounds, args.per_round, args.cpu_channels_last, args.cpu_size)
     if cuda:
         per_round = max(args.per_round, 10)
         results["cuda_sd15_512"] = bench_cuda(core_unet, SD15, "SD1.5", 64, args.rounds, per_round, args.compile, args.profile)
