@@ -138,7 +138,10 @@ class ComfyServer:
         """Poll /history until the prompt ends; returns its history entry or raises ComfyError."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            try:
+                entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            except TimeoutError:  # a server busy loading a model on a loaded machine answers late; ask again
+                continue
             if entry and entry.get("status", {}).get("completed") is not None and entry["status"].get("status_str") in ("success", "error"):
                 if entry["status"]["status_str"] == "error":
                     raise ComfyError(describe_execution_error(entry), entry)

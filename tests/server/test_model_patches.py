@@ -29,7 +29,7 @@ EFFECT = 10 * TOLERANCE
 PATCHES = {
     "FreeU": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},  # output_block_patch
     "FreeU_V2": {"b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2},  # output_block_patch
-    "PerturbedAttentionGuidance": {"scale": 8.0},  # (at 3.0 the effect is 1.3e-2, near the bound)  # attn1 replacement ("middle", 0), extra U-Net call
+    "PerturbedAttentionGuidance": {"scale": 3.0},  # attn1 replacement ("middle", 0), extra U-Net call  # attn1 replacement ("middle", 0), extra U-Net call
     "SelfAttentionGuidance": {"scale": 0.5, "blur_sigma": 2.0},  # attn1 replacement ("middle", 0, 0) reading cond_or_uncond
     "TomePatchModel": {"ratio": 0.5},  # attn1_patch + attn1_output_patch reading original_shape
     # attn1_patch + attn1_output_patch: 8x8-token tiles of the 16x16 level; swap_size 1 = no random tiling
