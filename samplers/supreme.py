@@ -390,7 +390,7 @@ MODULATION_DIMS = {1: (-3,), 2: (-2, -1), 3: (-3, -2, -1)}  # channels, space, b
         Option("normalization", 0.01, -1.0, 1.0, 0.01, tooltip="Move x0's channels this far towards unit std (scaled by sqrt(sigma))."),
         Option("edge_enhancement", 0.05, -100.0, 100.0, 0.01, tooltip="Sharpen x0 and blur x away from its edges (bilateral filter)."),
         Option("perphist", 0.0, -5.0, 5.0, 0.01, tooltip="Add this much of the previous x0's component perpendicular to the current one."),
-        Option("substeps", 2, 1, 100, 1, tooltip="Runs of each step from the same x, averaged."),
+        Option("substeps", 2, 1, 16, 1, tooltip="Runs of each step from the same x, averaged (each costs a whole step of model calls; at most 16, the reference allows 100)."),
         Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the injected noise."),
         Option("noise_modulation", "intensity", choices=tuple(NOISE_MODULATIONS), tooltip="How the ancestral noise is shaped by the image."),
         Option("modulation_strength", 2.0, -100.0, 100.0, 0.01, tooltip="Mix of modulated and plain noise (1 = all modulated)."),
