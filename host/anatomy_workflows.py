@@ -185,18 +185,17 @@ def ui_with_groups(graph: Graph, info: dict) -> dict:
     groups, notes = [], []
     next_id = ui["last_node_id"]
     for title, note, ids in graph.stages:
-        width = 420
-        y = 120
+        sizes = [VIEW_SIZES.get(by_api[nid]["type"].removeprefix(P), (400, 200)) for nid in ids]
+        width = max(420, *(w + 20 for w, _ in sizes))
         next_id += 1
         notes.append({"id": next_id, "type": "Note", "pos": [x + 10, 60], "size": [width - 20, 110], "flags": {}, "order": 0, "mode": 0,
                       "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note], "title": "What happens here",
                       "color": "#432", "bgcolor": "#653"})
         y = 190
-        for nid in ids:
+        for nid, (w, h) in zip(ids, sizes):
             node = by_api[nid]
-            height = 420 if node["type"].startswith(P) and node["type"][len(P):] in VIEW_NODES else 230
-            node["pos"], node["size"] = [x + 10, y], [width - 20, height - 30]
-            y += height
+            node["pos"], node["size"] = [x + 10, y], [w, h]
+            y += h + 40
         groups.append({"title": title, "bounding": [x, 20, width, y - 10], "color": "#3f789e", "font_size": 20, "flags": {}})
         x += width + 30
     ui["nodes"] += notes
@@ -205,8 +204,10 @@ def ui_with_groups(graph: Graph, info: dict) -> dict:
     return ui
 
 
-VIEW_NODES = {"Tokens", "ForwardDiffusion", "DenoisingStepsRecorder", "DenoisingSteps", "LatentChannels", "PlotSigmas",
-              "CrossAttentionView", "UNetLevelsView"}
+# Room for each view's picture on the embedded model (the web extension grows a node that needs more).
+VIEW_SIZES = {"Tokens": (460, 760), "ForwardDiffusion": (980, 520), "DenoisingStepsRecorder": (720, 320), "DenoisingSteps": (1100, 560),
+              "LatentChannels": (840, 360), "PlotSigmas": (660, 560), "CrossAttentionView": (800, 480), "UNetLevelsView": (800, 640),
+              "SaveImage": (300, 300)}
 
 
 def main() -> None:
