@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import sys
 import time
@@ -19,7 +18,6 @@ import hostenv
 from comfy_server import ComfyError, ComfyServer
 
 DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "text_to_image.json"
-WORKFLOW_INPUTS = hostenv.REPO / "workflows" / "inputs"
 
 
 def customise(graph: dict, ckpt_name: str | None, steps: int | None, size: int | None, prompt: str | None) -> dict:
@@ -65,10 +63,6 @@ def main() -> int:
     except RuntimeError as e:
         print(f"[run] {e}", file=sys.stderr)
         return 1
-    for node in graph.values():  # bundled inputs (image_to_image's picture) go where LoadImage looks
-        name = node["inputs"].get("image") if node["class_type"] == "LoadImage" else None
-        if isinstance(name, str) and (WORKFLOW_INPUTS / name).is_file():
-            shutil.copy(WORKFLOW_INPUTS / name, server.work / "input" / name)
     try:
         print(f"[run] ComfyUI with Diffusion Anatomy is up at {server.url} ({time.monotonic() - t0:.1f} s); queueing {args.workflow.name}")
         files = server.output_files(server.run(graph))

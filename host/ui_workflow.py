@@ -1,10 +1,17 @@
-"""Turn an API-format graph into an editor (UI-format) workflow, using a live server's /object_info.
+"""Turn an API-format graph into an editor (UI-format) workflow that explains itself.
 
-    .host/venv/bin/python host/ui_workflow.py workflows/api/*.json   # writes workflows/NAME.json for each
+    .host/venv/bin/python host/ui_workflow.py workflows/api/*.json   # writes workflows/<Title>.json for each
 
-Starts a ComfyUI with the pack (or uses --url), reads each node's definition to order widget values
-and name slots, lays the nodes out left to right by depth, and writes the UI JSON that the graph
-editor opens. Bundled UI workflows are made with it and checked by tests/server/test_workflows.py.
+Starts a ComfyUI with the pack, reads each node's definition (/object_info) to order widget values
+and name slots, then opens the graph in ComfyUI's own frontend (headless Chromium,
+tests/support/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
+the graph out as one group per stage of Stable Diffusion, left to right, each with a Note that
+explains the stage in the words of the source document, and writes the UI JSON the graph editor
+and ComfyUI's template browser open. The file name is the workflow's title (what the template
+browser shows): `TITLES` below, or the API file's stem in title case. Stages come from the node
+types (`STAGES`); an API node may name its own with `"_meta": {"group": ..., "note": ...}`.
+Bundled UI workflows are made with it and checked by tests/server/test_workflows.py and
+tests/browser/.
 """
 from __future__ import annotations
 
@@ -95,24 +102,166 @@ def to_ui(graph: dict, object_info: dict) -> dict:
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
+# --- stages, notes and layout ---
+
+# The source document's explanation of each stage (its sections in brackets), one group per stage.
+DOC = "the source document"
+STAGES: list[tuple[str, tuple[str, ...], str]] = [
+    ("1. Model: CLIP, U-Net, VAE", ("CheckpointLoader",),
+     "Stable Diffusion uses three main models, CLIP, U-Net and VAE, to get a picture from the text we write "
+     f"({DOC}, 'What is Stable Diffusion'). The loader reads all three from one checkpoint; this one is the "
+     "pack's tiny embedded model of coloured shapes (64x64 pictures)."),
+    ("2. Prompt: CLIP text encoder", ("CLIPTextEncode",),
+     "The U-Net receives the Text Embedding from the CLIP Text Encoder and uses Cross-Attention to connect the "
+     f"picture with the text, so that the picture matches the prompt ({DOC}, 'U-Net in Stable Diffusion', steps 2-3). "
+     "The negative prompt is what the picture should move away from (CFG)."),
+    ("3. Start: pure noise in latent space", ("EmptyLatent", "EmptyLatentImage"),
+     "The U-Net works in Latent Space: 4x64x64 for a 512x512 picture, 4x8x8 for this model's 64x64. "
+     f"Reverse diffusion starts from a random picture that is pure Gaussian noise ({DOC}, 'Diffusion Process')."),
+    ("3. Start: a picture, through the VAE encoder", ("ExamplePicture", "LoadImage", "VAEEncode"),
+     "Image to image: the VAE encoder turns the starting picture into a latent; denoise below 1 adds only part of "
+     "the noise, so the sampler keeps the details of the original picture. The document recommends Euler "
+     f"Ancestral or DDIM for image-to-image ({DOC}, 'Choosing a sampler by use')."),
+    ("4. Sampler and schedule", ("Sampler", "Scheduler", "Schedule_", "BasicScheduler", "KarrasScheduler"),
+     "The sampler is the algorithm that controls how the U-Net removes noise from the picture; it decides the "
+     f"picture's quality and the speed ({DOC}, 'What is a sampler'). Euler / Euler Ancestral: fast, sharp, few "
+     "steps; DPM-Solver++ / Karras: high quality, few steps; DDIM: smooth, fewer steps; LMS / PNDM: a balance of "
+     "quality and speed. The schedule gives the noise level (sigma) at each step."),
+    ("5. Denoising loop: the U-Net", ("UNetDenoise", "SamplerCustom", "KSampler"),
+     "Reverse diffusion: the U-Net with Cross-Attention removes the noise one step at a time. Its encoder shrinks "
+     "the latent, the bottleneck does Self-Attention, the decoder grows it back with skip connections; the output "
+     f"is a latent with less noise, and the loop repeats it over many steps to build the picture ({DOC}, "
+     "'U-Net in Stable Diffusion', steps 4-7)."),
+    ("6. VAE decoder: latent to pixels", ("VAEDecode",),
+     f"Finally the VAE Decoder turns the Latent Space back into a real picture, in Pixel Space ({DOC}, "
+     "'Diffusion Process', summary; 'U-Net in Stable Diffusion', step 8)."),
+    ("Plot: the schedule", ("PlotSigmas",),
+     "Each dot is one step's noise level, log sigma from the first step (left, most noise) to the last (right). "
+     "Karras spaces the steps densely near the end, where the fine details form."),
+    ("7. Result", ("SaveImage", "PreviewImage"),
+     "The picture is saved in ComfyUI's output folder and shown in the node."),
+]
+TITLES = {  # API stem -> the title the template browser shows (the UI file's name)
+    "text_to_image": "Text to Image",
+    "image_to_image": "Image to Image",
+    "sampler_comparison": "Sampler Comparison",
+    "pack_sampler_in_core_samplercustom": "Pack Sampler in Core SamplerCustom",
+    "sigma_plot": "Sigma Plot",
+}
+NOTE_COLOUR, NOTE_BG, GROUP_COLOUR = "#432", "#653", "#3f789e"
+MIN_WIDTH = 300  # a column is at least this wide: the checkpoint name and prompts stay readable
+IMAGE_ROOM = 200  # extra height for nodes that show pictures (SaveImage, PreviewImage)
+TITLE_H, GROUP_TITLE_H, PAD, GAP, COLUMN_GAP = 30, 40, 12, 16, 60  # LiteGraph: node title bar 30 px
+
+
+def title_of(api_path: Path) -> str:
+    return TITLES.get(api_path.stem, api_path.stem.replace("_", " ").title())
+
+
+def slug(title: str) -> str:
+    """The API file stem of a UI workflow's title ("Text to Image" -> "text_to_image")."""
+    return "_".join(title.lower().split())
+
+
+def stage_of(node: dict) -> tuple[str, str]:
+    """(group title, note) of an API node: its `_meta.group` / `_meta.note`, else by its class type."""
+    meta = node.get("_meta", {})
+    if meta.get("group"):
+        return meta["group"], meta.get("note", "")
+    kind = node["class_type"].removeprefix("DiffusionAnatomy")
+    for title, types, note in STAGES:
+        if any(kind == t or kind.startswith(t) for t in types):
+            return title, note
+    return "Other", ""
+
+
+def note_height(text: str, width: int) -> int:
+    """Height a Note needs for its text (its monospace font: about 6.2 px per character, 14 px per
+    line, plus margins; measured on the frontend's screenshots)."""
+    per_line = max(1, int((width - 30) / 6.2))
+    lines = sum(1 + len(par) // per_line for par in text.split("\n"))
+    return 40 + 14 * lines
+
+
+def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
+    """One column per stage, in pipeline order; each a group holding a Note and the stage's nodes."""
+    api_ids = list(graph)
+    stages: dict[str, dict] = {}
+    for node in sorted(ui["nodes"], key=lambda n: n["order"]):  # within a stage, upstream nodes first
+        title, note = stage_of(graph[api_ids[node["id"] - 1]])
+        stages.setdefault(title, {"note": note, "nodes": []})["nodes"].append(node)
+    order = [t for t, _, _ in STAGES]
+    x, next_id = 0.0, max(n["id"] for n in ui["nodes"]) + 1
+    notes, groups = [], []
+    for title in sorted(stages, key=lambda t: (order.index(t) if t in order else len(order), t)):
+        stage = stages[title]
+        # wide enough for the group's title (24 px font: about 13 px per character)
+        width = max([MIN_WIDTH, 13 * len(title) - 2 * PAD, *(sizes[n["id"]][0] for n in stage["nodes"])])
+        y = GROUP_TITLE_H + PAD
+        if stage["note"]:
+            h = note_height(stage["note"], width)
+            notes.append({"id": next_id, "type": "Note", "pos": [x + PAD, y + TITLE_H], "size": [width, h],
+                          "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                          "widgets_values": [stage["note"]], "color": NOTE_COLOUR, "bgcolor": NOTE_BG})
+            next_id += 1
+            y += TITLE_H + h + GAP
+        for node in stage["nodes"]:
+            w, h = sizes[node["id"]]
+            if node["type"] in ("SaveImage", "PreviewImage"):
+                h += IMAGE_ROOM
+            node["pos"], node["size"] = [x + PAD, y + TITLE_H], [width, round(h)]
+            y += TITLE_H + round(h) + GAP
+        groups.append({"id": len(groups) + 1, "title": title, "bounding": [x, 0, width + 2 * PAD, y - GAP + PAD],
+                       "color": GROUP_COLOUR, "font_size": 24, "flags": {}})
+        x += width + 2 * PAD + COLUMN_GAP
+    for i, note in enumerate(notes):
+        note["order"] = len(ui["nodes"]) + i
+    ui["nodes"] += notes
+    ui["groups"] = groups
+    ui["last_node_id"] = max(n["id"] for n in ui["nodes"])
+    # open on the first stages at a zoom where the frontend still draws text (below about 0.6 it
+    # draws boxes only), the whole graph when it fits a 1600x900 window; clear of the top bars
+    height = max(g["bounding"][3] for g in groups)
+    scale = round(max(0.75, min(1.0, 1500 / x, 760 / height)), 2)
+    ui["extra"] = {"ds": {"scale": scale, "offset": [round(70 / scale), round(130 / scale)]}}
+    return ui
+
+
+def measure(ui: dict, url: str) -> dict[int, list[float]]:
+    """Each node's smallest size that fits its widgets, as ComfyUI's frontend computes it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support.browser import Browser
+
+    with Browser.start() as page:
+        page.open_app(url)
+        page.load_workflow(ui)
+        return {int(k): v for k, v in page.evaluate(
+            "Object.fromEntries(app.graph._nodes.map(n => [n.id, [...n.computeSize()]]))").items()}
+
+
 def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     from comfy_server import ComfyServer
 
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("api", type=Path, nargs="+", help="API-format graphs (workflows/api/*.json)")
     args = ap.parse_args()
     server = ComfyServer.start(Path(tempfile.mkdtemp()))
     try:
         info = server.get("/object_info")
+        for api in args.api:
+            graph = json.loads(api.read_text())
+            ui = to_ui(graph, info)
+            ui = lay_out(ui, graph, measure(ui, server.url))
+            ui_path = api.resolve().parents[1] / f"{title_of(api)}.json"
+            ui_path.write_text(json.dumps(ui, indent=1) + "\n")
+            print(f"wrote {ui_path}")
     finally:
         server.stop()
-    for api in args.api:
-        ui_path = api.resolve().parents[1] / api.name
-        ui_path.write_text(json.dumps(to_ui(json.loads(api.read_text()), info), indent=1) + "\n")
-        print(f"wrote {ui_path}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from . import (
     anatomy_nodes,
     compile_nodes,
     denoise_nodes,
+    example_nodes,
     lab_nodes,
     model_nodes,
     sampler_nodes,
@@ -22,6 +23,7 @@ MODULES = (
     anatomy_attention_nodes,
     lab_nodes,
     compile_nodes,
+    example_nodes,
 )
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}

@@ -5,6 +5,7 @@ from ..samplers.registry import Option
 
 PREFIX = "DiffusionAnatomy"
 CATEGORY = "Diffusion Anatomy"
+SUFFIX = " (Diffusion Anatomy)"  # every display name ends with it, so users tell the pack's nodes apart
 
 
 def widget(option: Option) -> tuple:

@@ -12,7 +12,7 @@ import comfy.samplers
 from ..samplers import REGISTRY, SamplerInfo
 from ..samplers.registry import check_options
 from ..samplers.runner import run_sampler
-from .common import CATEGORY, PREFIX, widget
+from .common import CATEGORY, PREFIX, SUFFIX, widget
 
 
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
@@ -68,7 +68,7 @@ class SamplerSelect:
 
 
 NODE_CLASS_MAPPINGS = {f"{PREFIX}SamplerSelect": SamplerSelect}
-NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}SamplerSelect": "Sampler Select (Diffusion Anatomy)"}
+NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}SamplerSelect": f"Sampler Select{SUFFIX}"}
 for _info in REGISTRY.values():
     NODE_CLASS_MAPPINGS[f"{PREFIX}Sampler_{_info.id}"] = sampler_node(_info)
-    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Sampler_{_info.id}"] = _info.name
+    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Sampler_{_info.id}"] = _info.name + SUFFIX

@@ -5,7 +5,7 @@ import torch
 
 from ..samplers.schedules import SCHEDULES, Schedule, calculate_sigmas
 from ..anatomy.sigmas import sigma_plot
-from .common import CATEGORY, PREFIX, widget
+from .common import CATEGORY, PREFIX, SUFFIX, widget
 from .view_output import shown
 
 STEPS = ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Number of sampling steps (sigmas returned: steps + 1)."})
@@ -106,4 +106,4 @@ NODE_CLASS_MAPPINGS = {f"{PREFIX}PlotSigmas": PlotSigmas, f"{PREFIX}Scheduler": 
 NODE_DISPLAY_NAME_MAPPINGS = {f"{PREFIX}PlotSigmas": "Plot Sigmas (Diffusion Anatomy)", f"{PREFIX}Scheduler": "Scheduler (Diffusion Anatomy)"}
 for _name, _entry in SCHEDULES.items():
     NODE_CLASS_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = schedule_node(_name, _entry)
-    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = f"Schedule: {_name}"
+    NODE_DISPLAY_NAME_MAPPINGS[f"{PREFIX}Schedule_{_name}"] = f"Schedule: {_name}{SUFFIX}"

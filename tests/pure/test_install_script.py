@@ -37,3 +37,24 @@ def test_comfyui_path_is_used_instead_of_installing(tmp_path):
 def test_comfyui_path_without_comfyui_is_refused(tmp_path):
     result = run_install({"COMFYUI_PATH": str(tmp_path)})
     assert result.returncode != 0 and "has no main.py" in result.stderr
+
+
+def run_browser_install(path: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/bin/bash", str(REPO / "host" / "install_browser.sh")], capture_output=True, text=True,
+                          env={"PATH": path, "HOME": os.environ.get("HOME", "/root")}, timeout=60)
+
+
+def test_browser_install_does_nothing_when_chromium_is_there(tmp_path):
+    chromium = tmp_path / "chromium"
+    chromium.write_text("#!/bin/sh\necho 'Chromium 1.2.3'\n")
+    chromium.chmod(0o755)
+    result = run_browser_install(f"{tmp_path}:/usr/bin:/bin")
+    assert result.returncode == 0 and "Chromium 1.2.3" in result.stdout and "nothing to do" in result.stdout
+
+
+def test_browser_install_without_chromium_or_apt_says_what_to_install(tmp_path):
+    # a PATH with the shell's tools but neither a browser nor apt-get
+    for tool in ("id", "mktemp", "head"):
+        (tmp_path / tool).symlink_to(f"/usr/bin/{tool}")
+    result = run_browser_install(str(tmp_path))
+    assert result.returncode != 0 and "install Chromium (package 'chromium')" in result.stderr

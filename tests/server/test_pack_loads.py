@@ -22,6 +22,7 @@ def test_every_pack_node_is_listed_with_description_and_category(server):
         assert info["python_module"].startswith("custom_nodes."), node_id
         assert info["category"].split("/")[0] == "Diffusion Anatomy", node_id
         assert len(info["description"]) > 20, node_id
+        assert info["display_name"].endswith(" (Diffusion Anatomy)"), f"{node_id}: {info['display_name']!r}"
         for name, spec in {**info["input"].get("required", {}), **info["input"].get("optional", {})}.items():
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
 
@@ -80,7 +81,8 @@ def test_readme_lists_every_hand_written_node(server):
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for node_id, info in pack_nodes(server.get("/object_info")).items():
         if node_id.startswith("DiffusionAnatomySampler_"):
-            assert f"| {info['display_name']} | `{node_id.split('_', 1)[1]}` |" in readme, node_id
+            title = info["display_name"].removesuffix(" (Diffusion Anatomy)")  # the table names the document's sampler
+            assert f"| {title} | `{node_id.split('_', 1)[1]}` |" in readme, node_id
         elif node_id.startswith("DiffusionAnatomySchedule_"):
             assert f"| `{node_id.split('_', 1)[1]}` |" in readme, node_id
         else:

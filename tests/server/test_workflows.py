@@ -3,8 +3,8 @@ in the editor (checked against /object_info: node types, links, widget values)."
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from comfy_server import PACK_FOLDER
+from thumbnails import compose, saved_pictures, thumbnail_path
+from ui_workflow import slug
 from diffusion_anatomy.embedded import LOADER_NAME as EMBEDDED_NAME
 from support import shapes
 from support.graphs import positive_prompt
@@ -20,7 +22,8 @@ pytestmark = pytest.mark.server
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 API = sorted((WORKFLOWS / "api").glob("*.json"))
-UI = sorted(WORKFLOWS.glob("*.json"))
+UI = sorted(WORKFLOWS.glob("*.json"))  # named by their titles, e.g. "Text to Image.json" for api/text_to_image.json
+VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: explanations, never sent to the server
 FAST = {"steps": 3, "width": 64, "height": 64}  # CPU-sized versions of graphs made for a full-size checkpoint
 
 
@@ -43,8 +46,11 @@ def fast_version(graph: dict, ckpt: str) -> dict:
 
 def test_there_are_bundled_workflows():
     names = {p.stem for p in API}
-    assert {"text_to_image", "image_to_image", "sampler_comparison", "core_sampler_custom_with_pack_sampler"} <= names
-    assert {p.stem for p in UI} == names  # each graph in both formats
+    assert {"text_to_image", "image_to_image", "sampler_comparison", "pack_sampler_in_core_samplercustom"} <= names
+    assert {slug(p.stem) for p in UI} == names  # each graph in both formats
+    for p in UI:  # the template browser's thumbnail: a JPEG of the same stem
+        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail {p.stem}.jpg (host/thumbnails.py)"
+        assert Image.open(p.with_suffix(".jpg")).format == "JPEG"
     # the pack's own graphs draw with the embedded model out of the box (core's loader cannot read it)
     for p in API:
         graph = json.loads(p.read_text())
@@ -60,14 +66,14 @@ def test_api_workflow_runs_and_writes_its_images(server, sd15, path):
     CPU) and their pictures must show the prompt; the others get the random SD1.5 fixture at 3 steps."""
     bundled = json.loads(path.read_text())
     graph = bundled if uses_embedded_model(bundled) else fast_version(bundled, sd15)
-    for node in graph.values():  # LoadImage reads from the server's input folder
-        if node["class_type"] == "LoadImage":
-            shutil.copy(WORKFLOWS / "inputs" / node["inputs"]["image"],
-                        server.work / "input" / node["inputs"]["image"])
     outputs = server.run(graph)
     saves = [nid for nid, n in graph.items() if n["class_type"] == "SaveImage"]
     files = server.saved_files(outputs)
     assert len(files) == len(saves)
+    if graph is bundled:  # the committed thumbnail shows this run's pictures (JPEG: a few levels off)
+        fresh = np.asarray(compose(saved_pictures(server, graph, outputs))).astype(np.int16)
+        shipped = np.asarray(Image.open(thumbnail_path(path)).convert("RGB")).astype(np.int16)
+        assert np.abs(fresh - shipped).mean() < 3.0, f"{thumbnail_path(path).name} is stale: run host/thumbnails.py {path.stem}"
     images = {f.name.rsplit("_", 2)[0]: np.asarray(Image.open(f).convert("RGB")).astype(np.int16) for f in files}
     for img in images.values():
         assert img.ndim == 3 and img.std() > 1
@@ -97,6 +103,10 @@ def test_ui_workflow_fits_the_node_definitions(server, path):
     info = server.get("/object_info")
     wf = json.loads(path.read_text())
     nodes = {n["id"]: n for n in wf["nodes"]}
+    notes = [n for n in wf["nodes"] if n["type"] in VIRTUAL]
+    assert notes and all(n["widgets_values"][0].strip() for n in notes), f"{path.name}: no notes"
+    assert wf["groups"], f"{path.name}: no groups"
+    wf["nodes"] = [n for n in wf["nodes"] if n["type"] not in VIRTUAL]
     for node in wf["nodes"]:
         if node["type"] in FRONTEND_ONLY:
             assert node["widgets_values"] and isinstance(node["widgets_values"][0], str)
@@ -140,6 +150,8 @@ def test_ui_workflow_fits_the_node_definitions(server, path):
 
 def test_templates_browser_lists_the_ui_workflows(server):
     listed = server.get("/workflow_templates")
-    assert sorted(listed.get(PACK_FOLDER, [])) == sorted(p.stem for p in UI)
-    served = server.get(f"/api/workflow_templates/{PACK_FOLDER}/{UI[0].name}")
-    assert served == json.loads(UI[0].read_text())
+    assert sorted(listed.get(PACK_FOLDER, [])) == sorted(p.stem for p in UI)  # not api/*.json
+    for p in UI[:1]:  # the frontend fetches <stem>.json and its thumbnail <stem>.jpg
+        served = server.get(f"/api/workflow_templates/{PACK_FOLDER}/{quote(p.name)}")
+        assert served == json.loads(p.read_text())
+        assert server.get(f"/api/workflow_templates/{PACK_FOLDER}/{quote(p.stem)}.jpg") == p.with_suffix(".jpg").read_bytes()

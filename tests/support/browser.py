@@ -70,7 +70,9 @@ def find_chromium() -> str:
 
 
 class Browser:
-    """One headless Chromium with one page, driven over the DevTools protocol."""
+    """One headless Chromium with one page, driven over the DevTools protocol.
+
+    Time limits are generous (minutes): they only bound a hung page, and a loaded CI machine is slow."""
 
     def __init__(self, process: subprocess.Popen, profile: Path, ws: websocket.WebSocket):
         self.process, self.profile, self.ws = process, profile, ws
@@ -79,7 +81,7 @@ class Browser:
 
     # --- life cycle ---
     @classmethod
-    def start(cls, width: int = 1600, height: int = 1000, timeout: float = 60.0) -> "Browser":
+    def start(cls, width: int = 1600, height: int = 1000, timeout: float = 120.0) -> "Browser":
         profile = Path(tempfile.mkdtemp(prefix="da-chromium-"))
         cmd = [find_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
@@ -127,7 +129,7 @@ class Browser:
         self.close()
 
     # --- the protocol ---
-    def send(self, method: str, params: dict | None = None, wait: float = 60.0) -> dict:
+    def send(self, method: str, params: dict | None = None, wait: float = 180.0) -> dict:
         """One DevTools command; events that arrive meanwhile are recorded (console, exceptions)."""
         call_id = next(self._ids)
         self.ws.send(json.dumps({"id": call_id, "method": method, "params": params or {}}))
@@ -161,7 +163,7 @@ class Browser:
             self.console.append(ConsoleMessage("network" if e.get("source") == "network" else "error",
                                                e.get("text", ""), e.get("url", "")))
 
-    def evaluate(self, expression: str, timeout: float = 60.0):
+    def evaluate(self, expression: str, timeout: float = 180.0):
         """Evaluate JS in the page (promises awaited) and return its JSON value; raise on exceptions."""
         result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True,
                                                 "timeout": int(timeout * 1000)}, wait=timeout + 5)
@@ -170,7 +172,7 @@ class Browser:
             raise BrowserError(f"page error: {(d.get('exception') or {}).get('description') or d.get('text')}")
         return result.get("result", {}).get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60.0, what: str = ""):
+    def wait_for(self, expression: str, timeout: float = 180.0, what: str = ""):
         """Poll a JS expression until it is truthy; return its value."""
         deadline = time.monotonic() + timeout
         while True:
@@ -182,7 +184,7 @@ class Browser:
             time.sleep(0.2)
 
     # --- ComfyUI ---
-    def open_app(self, url: str, timeout: float = 120.0) -> None:
+    def open_app(self, url: str, timeout: float = 300.0) -> None:
         """Load ComfyUI's frontend and wait until the graph canvas and every extension are ready.
 
         Every visit starts alike: a new user's first visit opens the template browser by itself and
@@ -205,7 +207,7 @@ class Browser:
         for kind in ("keyDown", "keyUp"):
             self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": code, "windowsVirtualKeyCode": key_code})
 
-    def close_dialogs(self, timeout: float = 10.0) -> None:
+    def close_dialogs(self, timeout: float = 60.0) -> None:
         """Close open dialogs as a user would: Escape, else the dialog's close (x) button."""
         deadline = time.monotonic() + timeout
         while self.dialog_texts():
@@ -217,7 +219,7 @@ class Browser:
                 .forEach(b => b.click())""")
             time.sleep(0.3)
 
-    def open_templates(self, category: str, timeout: float = 30.0) -> list[dict]:
+    def open_templates(self, category: str, timeout: float = 180.0) -> list[dict]:
         """Open the template browser (command Comfy.BrowseTemplates), click the navigation entry
         labelled `category` (a custom pack's entry is labelled with its translation of
         templateWorkflows.category.<folder>, else the folder name), wait until every card's thumbnail
@@ -263,7 +265,7 @@ class Browser:
         """The text of every open dialog (e.g. the missing-nodes or an error dialog)."""
         return self.evaluate("[...document.querySelectorAll('[role=dialog]')].map(d => d.innerText)")
 
-    def queue(self, timeout: float = 60.0) -> str:
+    def queue(self, timeout: float = 180.0) -> str:
         """Queue the current graph as the Queue button does (app.queuePrompt); return the server's prompt id.
 
         Raises BrowserError with the frontend's error dialog text when the server refuses the graph."""
@@ -282,10 +284,14 @@ class Browser:
         """Wait until the server finished the prompt; return its outputs (raise with its error)."""
         return server.wait(prompt_id, timeout)["outputs"]
 
-    def node_image_urls(self, node_id: int, timeout: float = 60.0) -> list[str]:
-        """The /view URLs of the images the node shows once they are loaded (node.imgs)."""
+    def node_image_urls(self, node_id: int, timeout: float = 180.0) -> list[str]:
+        """The /view URLs of the images the node shows once they are loaded (node.imgs). The canvas
+        is kept centred on the node and redrawn while waiting: the frontend loads a node's images
+        only when it draws the node."""
         return self.wait_for(f"""(() => {{ const n = app.graph.getNodeById({int(node_id)});
-            const imgs = (n && n.imgs) || [];
+            if (!n) return null;
+            app.canvas.centerOnNode(n); app.canvas.setDirty(true, true);
+            const imgs = n.imgs || [];
             return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.src) : null; }})()""",
                              timeout, f"images in node {node_id}")
 
