@@ -1,11 +1,12 @@
 """The bundled anatomy workflows: written from the stage lists below, in both formats, and rendered.
 
-    .host/venv/bin/python host/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/anatomy_*.json
+    .host/venv/bin/python host/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/Anatomy *.json
+    .host/venv/bin/python host/thumbnails.py anatomy_tokens ...  # then their template thumbnails (workflows/README.md)
     .host/venv/bin/python host/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
 
 Each workflow is a list of stages in the source document's order; a stage becomes a group in the
 editor with a Note that says, in the document's words, what happens there. The editor version is
-made from the API version by host/ui_workflow.py (a live server's /object_info orders the widgets).
+made from the API version by host/ui_workflow.py (nodes carry `_meta.group` and `_meta.note`).
 """
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ class Graph:
 
     def add(self, class_type: str, title: str | None = None, **inputs) -> str:
         nid = str(len(self.nodes) + 1)
-        self.nodes[nid] = {"class_type": class_type, "inputs": inputs, **({"_meta": {"title": title}} if title else {})}
+        group, note, _ = self.stages[-1]
+        meta = {**({"title": title} if title else {}), "group": group, "note": note}  # host/ui_workflow.py makes groups and notes of them
+        self.nodes[nid] = {"class_type": class_type, "inputs": inputs, "_meta": meta}
         self.stages[-1][2].append(nid)
         return nid
 
@@ -175,54 +178,24 @@ def build() -> dict[str, Graph]:
     return graphs
 
 
-def ui_with_groups(graph: Graph, info: dict) -> dict:
-    """The editor workflow: nodes laid out stage by stage (one column each), a group around each stage, a Note at its top."""
-    from ui_workflow import to_ui
-
-    ui = to_ui(graph.nodes, info)
-    by_api = {nid: node for nid, node in zip(graph.nodes, ui["nodes"])}
-    x = 40
-    groups, notes = [], []
-    next_id = ui["last_node_id"]
-    for title, note, ids in graph.stages:
-        width = 420
-        y = 120
-        next_id += 1
-        notes.append({"id": next_id, "type": "Note", "pos": [x + 10, 60], "size": [width - 20, 110], "flags": {}, "order": 0, "mode": 0,
-                      "inputs": [], "outputs": [], "properties": {}, "widgets_values": [note], "title": "What happens here",
-                      "color": "#432", "bgcolor": "#653"})
-        y = 190
-        for nid in ids:
-            node = by_api[nid]
-            height = 420 if node["type"].startswith(P) and node["type"][len(P):] in VIEW_NODES else 230
-            node["pos"], node["size"] = [x + 10, y], [width - 20, height - 30]
-            y += height
-        groups.append({"title": title, "bounding": [x, 20, width, y - 10], "color": "#3f789e", "font_size": 20, "flags": {}})
-        x += width + 30
-    ui["nodes"] += notes
-    ui["groups"] = groups
-    ui["last_node_id"] = next_id
-    return ui
-
-
-VIEW_NODES = {"Tokens", "ForwardDiffusion", "DenoisingStepsRecorder", "DenoisingSteps", "LatentChannels", "PlotSigmas",
-              "CrossAttentionView", "UNetLevelsView"}
-
-
 def main() -> None:
     from comfy_server import ComfyServer
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--render", action="store_true", help="run each API graph and copy its saved pictures to docs/anatomy/")
     args = ap.parse_args()
+    from ui_workflow import lay_out, measure, title_of, to_ui
+
     graphs = build()
     server = ComfyServer.start(Path(tempfile.mkdtemp()))
     try:
         info = server.get("/object_info")
         for name, g in graphs.items():
-            (REPO / "workflows/api" / f"{name}.json").write_text(json.dumps(g.nodes, indent=1) + "\n")
-            (REPO / "workflows" / f"{name}.json").write_text(json.dumps(ui_with_groups(g, info), indent=1) + "\n")
-            print(f"wrote workflows/{name}.json and workflows/api/{name}.json")
+            api = REPO / "workflows/api" / f"{name}.json"
+            api.write_text(json.dumps(g.nodes, indent=1) + "\n")
+            ui = lay_out(to_ui(g.nodes, info), g.nodes, measure(to_ui(g.nodes, info), server.url))
+            (REPO / "workflows" / f"{title_of(api)}.json").write_text(json.dumps(ui, indent=1) + "\n")
+            print(f"wrote workflows/{title_of(api)}.json and workflows/api/{name}.json")
         if args.render:
             docs = REPO / "docs/anatomy"
             docs.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ RECORDER = "DiffusionAnatomyDenoisingStepsRecorder"
 
 
 def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, server):
-    wf = json.loads((WORKFLOWS / "anatomy_tour.json").read_text())
+    wf = json.loads((WORKFLOWS / "Anatomy Tour.json").read_text())
     page.load_workflow(wf, "anatomy_tour")
     nodes = page.nodes()
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in wf["nodes"])

@@ -42,8 +42,10 @@ def test_every_view_has_a_bundled_workflow_and_the_tour_has_them_all():
             "anatomy_sigma_plot", "anatomy_tour"} <= names
     tour = json.loads((WORKFLOWS / "api/anatomy_tour.json").read_text())
     assert VIEWS | {"DiffusionAnatomyCrossAttentionView", "DiffusionAnatomyUNetLevelsView"} <= {n["class_type"] for n in tour.values()}
+    from ui_workflow import title_of
+
     for p in ANATOMY:
-        ui = json.loads((WORKFLOWS / p.name).read_text())
+        ui = json.loads((WORKFLOWS / f"{title_of(p)}.json").read_text())
         assert ui["groups"] and any(n["type"] == "Note" for n in ui["nodes"]), f"{p.name}: no groups or notes"
 
 
