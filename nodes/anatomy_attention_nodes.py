@@ -47,6 +47,17 @@ def reset_before_each_run(model, recorder) -> None:
     model.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, PATCH_KEY, lambda _patcher: recorder.reset())
 
 
+def words_of_prompt(clip, text: str) -> tuple[list[am.Word], int]:
+    """The prompt's words with their places in the context, as `clip` tokenizes it, and the context's length."""
+    tokens = clip.tokenize(text)
+    key = "l" if "l" in tokens else next(iter(tokens))  # SDXL's two towers put the words at the same places
+    chunks = [[t[0] if isinstance(t[0], int) else None for t in chunk] for chunk in tokens[key]]
+    words = am.words_of(chunks, lambda i: bpe().id_to_token.get(i, "?</w>"))
+    if not words:
+        raise ValueError(f"text: {text!r} has no words after tokenization")
+    return words, sum(len(c) for c in chunks)
+
+
 class CrossAttentionCapture:
     DESCRIPTION = ("Cross-attention per word, part 1: the attention that ties the words of the prompt to places in the picture. "
                    "Gives back the MODEL with a capture in each cross-attention layer (a ComfyUI attn2 patch): at every step, "
@@ -105,14 +116,8 @@ class CrossAttentionView:
             raise ValueError("attention_maps: nothing was captured: sample with the MODEL output of Cross-Attention Capture before this view runs")
         if not text.strip():
             raise ValueError("text: the prompt is empty; give the positive prompt used for sampling")
-        tokens = clip.tokenize(text)
-        key = "l" if "l" in tokens else next(iter(tokens))
-        chunks = [[t[0] if isinstance(t[0], int) else None for t in chunk] for chunk in tokens[key]]
-        prompt_words = am.words_of(chunks, lambda i: bpe().id_to_token.get(i, "?</w>"))
-        if not prompt_words:
-            raise ValueError(f"text: {text!r} has no words after tokenization")
+        prompt_words, n_tokens = words_of_prompt(clip, text)
         chosen = am.choose_words(prompt_words, words)
-        n_tokens = sum(len(c) for c in chunks)
         sums = attention_maps.sums.float().cpu()
         if sums.shape[1] % n_tokens:
             raise ValueError(f"text: this prompt is {n_tokens} tokens long ({len(chunks)} chunk(s) of 77), but the sampled "

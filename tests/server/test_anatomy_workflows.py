@@ -30,8 +30,8 @@ def expected_size(prefix: str, width: int, height: int) -> bool:
         "anatomy_latent_channels": lambda w, h: w >= 6 * 128 and h >= 128,  # 4 channels, RGB preview, decode
         "anatomy_sigmas": lambda w, h: (w, h) == (640, 360),
         "anatomy_tokens": lambda w, h: h >= 15 * 18,  # BOS + 12 words + EOS + padding line, ~24 px a row
-        "anatomy_unet_levels": lambda w, h: w >= 3 * 64 and h >= 2 * 64,  # the U: down path, bottleneck, up path
-        "anatomy_cross_attention": lambda w, h: w * h >= 12 * 64 * 64,  # the picture and one panel per word (11 words)
+        "anatomy_cross_attention": lambda w, h: w >= 6 * 192 and h >= 3 * 192,  # picture + 12 words, 6 panels of 192 a row (exact: test_anatomy_attention.py)
+        "anatomy_unet_levels": lambda w, h: w >= 8 * 96 and h >= 3 * 96,  # 8 blocks of the embedded U-Net in 3 rows (exact: test_anatomy_attention.py)
     }
     return rules[prefix](width, height)
 
