@@ -217,7 +217,8 @@ def choose_method(step_method: str, substep_method: str, substep: int, first_ste
     if step_method not in ("dynamic", "adaptive_rk"):
         return step_method, 1
     error = slope_change()
-    order = next(o for bound, o in DYNAMIC_ORDER_BOUNDS if error < bound)
+    # a NaN/inf change (a diverging run, e.g. every widget at its maximum) is beyond every bound: first order
+    order = next((o for bound, o in DYNAMIC_ORDER_BOUNDS if error < bound), 1)
     if step_method == "adaptive_rk":
         return "adaptive_rk", min(order, 4)
     return DYNAMIC_METHODS[order], order

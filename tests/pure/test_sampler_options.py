@@ -60,3 +60,14 @@ def test_supreme_without_noise_is_finite():
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 14.6
     out = run_sampler("supreme", toy_denoiser, x, karras(), extra_args={"seed": 0}, disable=True, s_noise=0.0)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("change", [math.nan, math.inf])
+def test_supreme_dynamic_order_survives_a_non_finite_slope_change(change):
+    """Supreme at its widgets' maxima diverged and the order choice raised StopIteration (a bare
+    'coroutine raised StopIteration' in ComfyUI); now the step falls back to first order and the run ends in
+    a NonFiniteError that names the options."""
+    from diffusion_anatomy.samplers.supreme import choose_method
+
+    assert choose_method("dynamic", "euler", 0, False, lambda: change) == ("euler", 1)
+    assert choose_method("adaptive_rk", "euler", 0, False, lambda: change) == ("adaptive_rk", 1)
