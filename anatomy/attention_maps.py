@@ -33,10 +33,10 @@ def attention_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
 
 
 def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """[b, n, m]: each query position's softmax over the m keys, averaged over heads (float32)."""
+    """[b, h, n, m]: each head's softmax over the m keys for each query position (float32)."""
     q, k = (rearrange(t.float(), "b n (h d) -> b h n d", h=heads) for t in (q, k))
     logits = torch.einsum("bhnd,bhmd->bhnm", q, k) * q.shape[-1] ** -0.5
-    return reduce(logits.softmax(dim=-1), "b h n m -> b n m", "mean")
+    return logits.softmax(dim=-1)
 
 
 def feature_size(tokens: int, latent_hw: tuple[int, int], activations_shape=None) -> tuple[int, int]:
@@ -76,7 +76,7 @@ class CrossAttentionMaps:
 
     sums: torch.Tensor | None = None
     calls: int = 0  # cross-attention calls added in (layers x model evaluations)
-    sigmas: list[float] = field(default_factory=list)  # the distinct sigmas the U-Net was called at
+    sigmas: list[torch.Tensor] = field(default_factory=list)  # the sigma of each model call (0-d tensors)
 
     def reset(self) -> None:
         self.sums, self.calls, self.sigmas = None, 0, []
@@ -87,22 +87,25 @@ class CrossAttentionMaps:
         return self
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """The layer's attention output, computed once from the probabilities the maps are made of
+        (softmax in float32: no second attention pass, which is what keeps the capture cheap)."""
         heads = extra_options["n_heads"]
-        out = attention_output(q, k, v, heads)
+        probs = attention_probabilities(q, k, heads)  # [b, h, n, m]
+        values = rearrange(v.float(), "b m (h d) -> b h m d", h=heads)
+        out = rearrange(probs @ values, "b h n d -> b n (h d)").to(q.dtype)
         with torch.no_grad():
-            self.add(q, k, heads, extra_options)
+            self.add(reduce(probs, "b h n m -> b n m", "mean"), heads, extra_options)
         return out
 
-    def add(self, q: torch.Tensor, k: torch.Tensor, heads: int, extra_options: dict) -> None:
+    def add(self, probs: torch.Tensor, heads: int, extra_options: dict) -> None:
+        """Add one layer call's head-averaged probabilities [b, n, m] (conditional rows only)."""
         chunks = extra_options.get("cond_or_uncond") or [0]
-        per = q.shape[0] // len(chunks)
+        per = probs.shape[0] // len(chunks)
         rows = [i for i, c in enumerate(chunks) if c == 0]
         if not rows:  # an unconditional-only call (e.g. some guiders): nothing to learn about the prompt
             return
         # the positive prompt's chunks, each [per, ...]; several positive conds add up
-        q_c = torch.cat([q[i * per:(i + 1) * per] for i in rows])
-        k_c = torch.cat([k[i * per:(i + 1) * per] for i in rows])
-        probs = attention_probabilities(q_c, k_c, heads)  # [r*per, n, m]
+        probs = torch.cat([probs[i * per:(i + 1) * per] for i in rows])  # [r*per, n, m]
         latent = extra_options["original_shape"][-2:]
         h, w = feature_size(probs.shape[1], tuple(latent), extra_options.get("activations_shape"))
         grid = rearrange(probs, "b (h w) m -> b m h w", h=h, w=w)
@@ -115,10 +118,10 @@ class CrossAttentionMaps:
             self.sums = fold_tokens(self.sums, tokens) + fold_tokens(grid, tokens)
         self.calls += 1
         sigma = extra_options.get("sigmas")
-        if sigma is not None:
-            s = float(sigma.flatten()[0])
-            if not self.sigmas or self.sigmas[-1] != s:
-                self.sigmas.append(s)
+        if sigma is not None and extra_options.get("transformer_index", 0) == 0 and extra_options.get("block_index", 0) == 0:
+            # once per model call, at its first cross-attention layer (ComfyUI's U-Net and the pack's count
+            # the transformers passed); kept as a tensor: reading it here would stop the GPU once per layer
+            self.sigmas.append(sigma.flatten()[0])
 
 
 # --------------------------------------------------------------------------- tokens -> words

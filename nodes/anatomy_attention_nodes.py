@@ -126,7 +126,7 @@ class CrossAttentionView:
         pictures = []
         for i in range(image.shape[0]):
             heat = am.word_heatmaps(sums[min(i, sums.shape[0] - 1)], chosen)
-            title = f"cross-attention per word: {len(attention_maps.sigmas)} sigmas, {attention_maps.calls} layer calls summed"
+            title = f"cross-attention per word: {len(attention_maps.sigmas)} model calls, {attention_maps.calls} layer calls summed"
             pictures.append(draw.to_image_batch(am.render_words(image[i], heat, chosen, title)))
         return (torch.cat(pictures).to(mm.intermediate_device()),)
 

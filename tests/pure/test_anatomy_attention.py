@@ -40,17 +40,18 @@ def test_aggregator_is_daams_sum_over_layers_of_the_conditional_rows_and_returns
     maps = am.CrossAttentionMaps()
     expected = torch.zeros(per, m, *latent, dtype=torch.float64)
     # three layers at three resolutions; the batch is [uncond (2 pictures), cond (2 pictures)]
-    for (h, w) in ((12, 10), (6, 5), (3, 3)):
+    # one model call: its first cross-attention layer (transformer 0) records the call's sigma
+    for index, (h, w) in enumerate(((12, 10), (6, 5), (3, 3))):
         q = torch.randn(2 * per, h * w, heads * 8, generator=g)
         k = torch.randn(2 * per, m, heads * 8, generator=g)
         v = torch.randn(2 * per, m, heads * 8, generator=g)
         out = maps(q, k, v, {"n_heads": heads, "cond_or_uncond": [1, 0], "original_shape": [2 * per, 4, *latent],
-                             "sigmas": torch.tensor([3.0, 3.0, 3.0, 3.0])})
+                             "sigmas": torch.tensor([3.0, 3.0, 3.0, 3.0]), "transformer_index": index, "block_index": 0})
         probs, reference = naive(q, k, v, heads)
         torch.testing.assert_close(out.double(), reference, rtol=1e-5, atol=1e-6)
         grid = probs[per:].mean(dim=1).transpose(1, 2).reshape(per, m, h, w)  # cond rows, heads averaged
         expected += F.interpolate(grid, size=latent, mode="bilinear", align_corners=False) if (h, w) != latent else grid
-    assert maps.calls == 3 and maps.sigmas == [3.0]
+    assert maps.calls == 3 and [float(s) for s in maps.sigmas] == [3.0]
     torch.testing.assert_close(maps.sums.double(), expected, rtol=1e-5, atol=1e-6)
     # bilinear upsampling keeps each place's distribution over the tokens: the sums add up to the calls
     torch.testing.assert_close(maps.sums.sum(dim=1), torch.full((per, *latent), 3.0))
