@@ -42,6 +42,10 @@ NOTES = {
               "decoder turns it into the picture.",
     "capture": "The U-Net inside: two capture nodes patch the MODEL through ComfyUI's own hooks (attention patches, block patches) "
                "to watch cross-attention (the words of the prompt meet places in the picture) and each level of the U while it denoises.",
+    "capture_attention": "The U-Net inside: the capture node patches the MODEL through ComfyUI's own attention hooks and keeps, while the "
+                         "U-Net denoises, where cross-attention connects each word of the prompt (the text embedding) with places in the picture.",
+    "capture_levels": "The U-Net inside: the capture node patches the MODEL through ComfyUI's own block hooks and keeps the feature map "
+                      "after each level of the U (encoder, bottleneck, decoder) at one chosen denoising step.",
     "levels": "U-Net levels: the encoder goes down (64x64 -> 8x8 for SD1.5 at 512; 8x8 -> 1x1 here), the bottleneck has self- and "
               "cross-attention, the decoder goes back up with skip connections from the encoder.",
     "attention": "Cross-attention per word: where in the picture the U-Net looked at each word of the prompt (DAAM: summed over heads, "
@@ -148,6 +152,38 @@ def inside_views(g: Graph, n: dict, out: str) -> None:
     save(g, [words, 0], "anatomy_cross_attention")
 
 
+def cross_attention() -> Graph:
+    """Cross-attention per word on its own: one prompt feeds both the text encoder and the view, so their words agree."""
+    g = Graph()
+    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    g.stage("2. Text -> CLIP -> conditioning", NOTES["text"])
+    prompt = g.add("PrimitiveStringMultiline", "Prompt (one text for the encoder and the view)", value=PROMPT)
+    pos = g.add(f"{P}CLIPTextEncode", "Positive prompt", clip=[ckpt, 1], text=[prompt, 0])
+    neg = g.add(f"{P}CLIPTextEncode", "Negative prompt", clip=[ckpt, 1], text="")
+    g.stage("The U-Net inside: capture cross-attention", NOTES["capture_attention"])
+    attn = g.add(f"{P}CrossAttentionCapture", model=[ckpt, 0])
+    out = text_to_image(g, {"ckpt": ckpt, "pos": pos, "neg": neg, "model": [attn, 0]})
+    g.stage("Cross-attention per word", NOTES["attention"])
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[ckpt, 2], tiled=False, tile_size=512)
+    words = g.add(f"{P}CrossAttentionView", attention_maps=[attn, 1], image=[dec, 0], clip=[ckpt, 1], text=[prompt, 0], words="")
+    save(g, [words, 0], "anatomy_cross_attention")
+    return g
+
+
+def unet_levels() -> Graph:
+    """The U-Net's levels on their own: the feature maps at step 10 of 20, laid out as the U."""
+    g = Graph(); n = base(g)
+    g.stage("The U-Net inside: capture each level", NOTES["capture_levels"])
+    capture = g.add(f"{P}UNetLevelsCapture", model=[n["ckpt"], 0], step=10)
+    out = text_to_image(g, {**n, "model": [capture, 0]})
+    g.stage("U-Net levels: down, bottleneck, up", NOTES["levels"])
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
+    view = g.add(f"{P}UNetLevelsView", levels=[capture, 1], image=[dec, 0], mode="pca_rgb")
+    save(g, [view, 0], "anatomy_unet_levels")
+    return g
+
+
 def sigma_view(g: Graph, n: dict) -> None:
     g.stage("Samplers walk a noise schedule", NOTES["sigmas"])
     ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
@@ -164,6 +200,8 @@ def build() -> dict[str, Graph]:
     g = Graph(); n = base(g); steps_view(g, n); graphs["anatomy_denoising_steps"] = g
     g = Graph(); n = base(g); out = text_to_image(g, n); latent_view(g, n, out); graphs["anatomy_latent_channels"] = g
     g = Graph(); n = base(g); sigma_view(g, n); graphs["anatomy_sigma_plot"] = g
+    graphs["anatomy_cross_attention"] = cross_attention()
+    graphs["anatomy_unet_levels"] = unet_levels()
     # the tour, in the document's order: CLIP reads the text; the U-Net inside (its levels, cross-attention);
     # the diffusion process, reverse (step by step: it makes the picture) and forward; the latent and the
     # VAE decoder; the samplers' schedules

@@ -74,7 +74,7 @@ def main() -> None:
     try:
         for path in paths:
             graph = json.loads(path.read_text())
-            pictures = saved_pictures(server, graph, server.run(graph))
+            pictures = saved_pictures(server, graph, server.run(graph, timeout=1800))  # the Sampler Lab solves its reference: minutes on a busy CPU
             out = thumbnail_path(path)
             compose(pictures).save(out, "JPEG", quality=JPEG_QUALITY)
             print(f"wrote {out} ({len(pictures)} picture(s))")

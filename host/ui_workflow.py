@@ -125,6 +125,11 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
      "Image to image: the VAE encoder turns the starting picture into a latent; denoise below 1 adds only part of "
      "the noise, so the sampler keeps the details of the original picture. The document recommends Euler "
      f"Ancestral or DDIM for image-to-image ({DOC}, 'Choosing a sampler by use')."),
+    ("4. Sampler Lab: samplers x steps x schedules", ("SamplerLab",),
+     "Comparing samplers: Euler gives sharp pictures and is very fast; Euler Ancestral high contrast; DDIM smooth "
+     "pictures with realistic colours; DPM-Solver++ balances speed and quality; Karras high detail; LMS realistic and "
+     f"smooth ({DOC}, 'Comparing samplers'). The lab measures it: every sampler at every step count and schedule, "
+     "each picture's error against a converged reference (a run with many steps)."),
     ("4. Sampler and schedule", ("Sampler", "Scheduler", "Schedule_", "BasicScheduler", "KarrasScheduler"),
      "The sampler is the algorithm that controls how the U-Net removes noise from the picture; it decides the "
      f"picture's quality and the speed ({DOC}, 'What is a sampler'). Euler / Euler Ancestral: fast, sharp, few "
@@ -150,6 +155,7 @@ TITLES = {  # API stem -> the title the template browser shows (the UI file's na
     "sampler_comparison": "Sampler Comparison",
     "pack_sampler_in_core_samplercustom": "Pack Sampler in Core SamplerCustom",
     "sigma_plot": "Sigma Plot",
+    "anatomy_unet_levels": "Anatomy U-Net Levels",
 }
 NOTE_COLOUR, NOTE_BG, GROUP_COLOUR = "#432", "#653", "#3f789e"
 MIN_WIDTH = 300  # a column is at least this wide: the checkpoint name and prompts stay readable
@@ -162,8 +168,9 @@ def title_of(api_path: Path) -> str:
 
 
 def slug(title: str) -> str:
-    """The API file stem of a UI workflow's title ("Text to Image" -> "text_to_image")."""
-    return "_".join(title.lower().split())
+    """The API file stem of a UI workflow's title ("Text to Image" -> "text_to_image",
+    "Anatomy U-Net Levels" -> "anatomy_unet_levels")."""
+    return "_".join(title.lower().replace("-", "").split())
 
 
 def stage_of(node: dict) -> tuple[str, str]:
