@@ -223,7 +223,8 @@ class Browser:
         """Open the template browser (command Comfy.BrowseTemplates), click the navigation entry
         labelled `category` (a custom pack's entry is labelled with its translation of
         templateWorkflows.category.<folder>, else the folder name), wait until every card's thumbnail
-        has loaded and return the cards: [{name, title, description, image: {src, width, height}}].
+        has been seen loaded (each scrolled into view in turn) and return the cards:
+        [{name, title, description, image: {src, width, height}}].
         A thumbnail that fails to load is replaced by the frontend's default-template.png."""
         self.evaluate("app.extensionManager.command.execute('Comfy.BrowseTemplates')")
         self.wait_for("!!document.querySelector('[role=dialog] [data-testid^=template-workflow-]')", timeout,
@@ -233,13 +234,19 @@ class Browser:
             if (b) b.click(); return !!b; }})()""")
         if not clicked:
             raise BrowserError(f"no template category {category!r} among {self.template_categories()}")
+        # The dialog gives a card its picture only while the card is in view (and drops it again when it
+        # scrolls out), so each card's loaded picture is noted as it is seen and the next unseen card is
+        # scrolled into view, until every card has been seen with its picture.
+        self.evaluate("window.__daThumbs = {}; true")
         return self.wait_for("""(() => {
+            const seen = window.__daThumbs;
             const cards = [...document.querySelectorAll('[role=dialog] [data-testid^=template-workflow-]')];
-            const got = cards.map(c => { const i = c.querySelector('img');
-                return {name: c.dataset.testid.replace('template-workflow-', ''), title: c.querySelector('h3')?.innerText.trim(),
-                        description: [...c.querySelectorAll('p')].map(p => p.innerText.trim()).join(' '),
-                        image: i && {src: i.src, width: i.naturalWidth, height: i.naturalHeight, loaded: i.complete}}; });
-            return got.length && got.every(c => c.image && c.image.loaded && c.image.width) ? got : null; })()""",
+            for (const c of cards) { const i = c.querySelector('img');
+                if (i && i.complete && i.naturalWidth) seen[c.dataset.testid] = {src: i.src, width: i.naturalWidth, height: i.naturalHeight, loaded: true}; }
+            const waiting = cards.find(c => !seen[c.dataset.testid]);
+            if (waiting) { waiting.scrollIntoView({block: 'center'}); return null; }
+            return cards.length ? cards.map(c => ({name: c.dataset.testid.replace('template-workflow-', ''), title: c.querySelector('h3')?.innerText.trim(),
+                description: [...c.querySelectorAll('p')].map(p => p.innerText.trim()).join(' '), image: seen[c.dataset.testid]})) : null; })()""",
                              timeout, f"the thumbnails of the {category!r} templates")
 
     def template_categories(self) -> list[str]:
