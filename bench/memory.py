@@ -1,7 +1,9 @@
 """Peak activation memory of one U-Net call or one VAE decode on a CPU, to fit unet/memory.py and vae/memory.py.
 
-One point per process (ru_maxrss only grows): the peak resident size during the call minus the peak before it
-(model and inputs built), and the call's seconds. fp32, two threads, no grad, seeded random weights (the
+The peak resident size during the call minus the resident size just before it (model and inputs built), and
+the call's seconds. The peak is the kernel's high-water mark (VmHWM), reset just before the call by writing 5 to
+/proc/self/clear_refs: ru_maxrss cannot be reset, and an earlier transient peak (imports, building the model)
+can hide the call's own growth behind it. fp32, two threads, no grad, seeded random weights (the
 memory does not depend on their values).
 
     python bench/memory.py unet|vae|vaetiled SIZE BATCH [sd]     (sd: SD1.5 shapes; default: the embedded model's)
@@ -14,7 +16,6 @@ Measured on the shared 2-core CPU (MiB of growth / seconds; the seconds vary wit
 """
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from pathlib import Path
@@ -45,12 +46,21 @@ def main(kind: str, size: int, batch: int, sd: bool) -> str:
         else:
             vae = AutoencoderKL(PRESETS["sd"] if sd else TINY.vae).eval()
             call = (lambda: vae.decode(latent)) if kind == "vae" else (lambda: decode_tiled(vae, latent, tile=512))  # noqa: E731
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = status_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from here
         t0 = time.monotonic()
         call()
         seconds = time.monotonic() - t0
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after = status_kib("VmHWM")
     return f"{kind} {'sd' if sd else 'tiny'} size={size} batch={batch} peak_growth_MiB={(after - before) / 1024:.1f} seconds={seconds:.2f}"
+
+
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
 
 
 if __name__ == "__main__":
