@@ -15,6 +15,9 @@ from ..samplers.runner import run_sampler
 from .common import CATEGORY, PREFIX, SUFFIX, widget
 
 
+ADDED_LATER = {"noise_type"}  # the DPM++ SDE samplers' noise source (brownian-fast came after the nodes shipped)
+
+
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
     check_options(info, options)  # a value outside the maths' domain fails here, naming it, not mid-run
     return comfy.samplers.KSAMPLER(partial(run_sampler, info.id), extra_options=dict(options))
@@ -38,7 +41,10 @@ def sampler_node(info: SamplerInfo) -> type:
 
         @classmethod
         def INPUT_TYPES(cls):
-            return {"required": {o.name: widget(o) for o in shown}}
+            # options added after a node first shipped are optional, so API graphs saved before still validate
+            # (a missing one takes the registry default)
+            return {"required": {o.name: widget(o) for o in shown if o.name not in ADDED_LATER},
+                    "optional": {o.name: widget(o) for o in shown if o.name in ADDED_LATER}}
 
         def get_sampler(self, **options):
             return (make_ksampler(info, options),)
