@@ -170,8 +170,9 @@ def eval_captions(n: int, generator: torch.Generator, held_out_only: bool = True
     return out
 
 
-def sample_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str], list[Caption]]:
-    """(images [n, 3, 64, 64] in [-1, 1], prompts, attributes), reproducible from the generator's state."""
-    captions = sample_captions(n, generator)
+def sample_batch(n: int, generator: torch.Generator, hold_out: bool = False) -> tuple[torch.Tensor, list[str], list[Caption]]:
+    """(images [n, 3, 64, 64] in [-1, 1], prompts, attributes), reproducible from the generator's state;
+    with `hold_out`, never a held-out caption (what training draws from)."""
+    captions = training_captions(n, generator) if hold_out else sample_captions(n, generator)
     images = torch.stack([render(c) for c in captions])
     return images, [c.text for c in captions], captions

@@ -31,7 +31,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -196,7 +195,7 @@ def encode_pool(vae, data: torch.Generator, noise: torch.Generator, n: int, batc
     Stage 2 draws z = mean + std * eps from it each step, so the encoder runs once, not every step."""
     means, stds, captions = [], [], []
     while len(captions) < n:
-        images, texts, _ = sample_batch(min(batch, n - len(captions)), data)
+        images, texts, _ = sample_batch(min(batch, n - len(captions)), data, hold_out=True)
         q = vae.posterior(images)
         means.append(q.mean); stds.append(q.std); captions += texts
     return {"mean": torch.cat(means), "std": torch.cat(stds), "captions": captions}
@@ -258,7 +257,7 @@ def main(argv=None) -> dict:
     vae.train()
     window, steps_at, time_at = [], log["vae_step"], elapsed()
     while log["vae_step"] < args.vae_steps and log["scale_factor"] is None and elapsed() < budget * args.vae_share:
-        images = random_crop(sample_batch(args.vae_batch, data)[0], args.vae_crop, data)
+        images = random_crop(sample_batch(args.vae_batch, data, hold_out=True)[0], args.vae_crop, data)
         q = vae.posterior(images)
         z = q.mean + q.std * torch.randn(q.mean.shape, generator=noise)
         recon = vae.decode(z)
