@@ -62,7 +62,7 @@ def main() -> None:
     plain = comfy.samplers.sampler_object("dpmpp_2m")
     recorded, recording = anatomy_nodes.DenoisingStepsRecorder().wrap(comfy.samplers.sampler_object("dpmpp_2m"), 1, False)
     times = {"plain A": [], "plain A'": [], "with view": []}
-    run(plain)  # warm-up
+    reference = run(plain)[1]  # warm-up; the plain run before each view run replaces it
     for _ in range(args.runs):
         for name, sampler in (("plain A", plain), ("with view", recorded), ("plain A'", plain)):
             seconds, out = run(sampler)

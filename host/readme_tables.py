@@ -11,7 +11,6 @@ recorded run covers every registered sampler.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import types
@@ -124,7 +123,6 @@ def lab_section(run: Path = LAB_RUN) -> str:
 
     rows = read_lab_run(run)
     cells = [sweep.Cell(r["sampler"], r["schedule"], r["steps"], r["nfe"], r["seconds"], r["error"]) for r in rows]
-    result = sweep.SweepResult(cells, {}, 0.0, 0.0, list(dict.fromkeys(c.sampler for c in cells)), [], list(LAB_STEPS))
     ranked = [c for c in cells if sweep.against(samplers.REGISTRY[c.sampler]) != sweep.Against.ODE_NO_LIMIT]
     rank_result = sweep.SweepResult(ranked, {}, 0.0, 0.0, [], [], [])
     r10, r40 = report.ranks_at_nfe(rank_result, 10), report.ranks_at_nfe(rank_result, 40)

@@ -249,7 +249,7 @@ class ComfyVAE(comfy.sd.VAE):
     tiling (image-wide GroupNorm statistics) rather than core's blended overlapping tiles.
     """
 
-    def __init__(self, autoencoder: ComfyAutoencoder):  # noqa: super().__init__ would build ComfyUI's module
+    def __init__(self, autoencoder: ComfyAutoencoder):  # not super().__init__: it would build ComfyUI's module
         self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * mm.dtype_size(dtype)
         self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * mm.dtype_size(dtype)
         self.downscale_ratio = self.upscale_ratio = autoencoder.cfg.downscale

@@ -71,6 +71,12 @@ def test_bad_input_names_the_input_and_the_server_keeps_serving(server):
     node(graph, "PrimitiveStringMultiline")["inputs"]["value"] = " "
     expect_error(server, graph, "text", "empty")
 
+    # the view given another prompt than the sampling's: 80 words need two 77-token chunks (154 tokens),
+    # the sampled conditioning had one (77); the error names both lengths (it raised NameError once)
+    graph = load("anatomy_cross_attention")
+    node(graph, "DiffusionAnatomyCrossAttentionView")["inputs"]["text"] = " ".join(["circle"] * 80)
+    expect_error(server, graph, "DiffusionAnatomyCrossAttentionView", "154 tokens long", "conditioning had 77", "prompt used for sampling")
+
     graph = load("anatomy_unet_levels")
     node(graph, "DiffusionAnatomyUNetLevelsCapture")["inputs"]["step"] = 25
     expect_error(server, graph, "step: 25 is out of range", "20 steps")
