@@ -15,8 +15,6 @@ from ..samplers.runner import run_sampler
 from .common import CATEGORY, PREFIX, SUFFIX, widget
 
 
-ADDED_LATER = {"noise_type"}  # the DPM++ SDE samplers' noise source (brownian-fast came after the nodes shipped)
-
 
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
     check_options(info, options)  # a value outside the maths' domain fails here, naming it, not mid-run
@@ -43,8 +41,8 @@ def sampler_node(info: SamplerInfo) -> type:
         def INPUT_TYPES(cls):
             # options added after a node first shipped are optional, so API graphs saved before still validate
             # (a missing one takes the registry default)
-            return {"required": {o.name: widget(o) for o in shown if o.name not in ADDED_LATER},
-                    "optional": {o.name: widget(o) for o in shown if o.name in ADDED_LATER}}
+            return {"required": {o.name: widget(o) for o in shown if not o.added_later},
+                    "optional": {o.name: widget(o) for o in shown if o.added_later}}
 
         def get_sampler(self, **options):
             return (make_ksampler(info, options),)
