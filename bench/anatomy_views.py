@@ -13,7 +13,6 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -21,10 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "tests"))
-if "diffusion_anatomy" not in sys.modules:
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 
 def main() -> None:

@@ -14,17 +14,13 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "host"))
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.clip.encoder import SD1, TextEncoder  # noqa: E402
 from diffusion_anatomy.clip.tokenizer import BPETokenizer, find_tokenizer_dir  # noqa: E402

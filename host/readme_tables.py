@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +24,9 @@ LAB_COMMAND = ("bench/sampler_lab.py --samplers all --steps 5,10,20,40 --schedul
 
 
 def pack():
-    """The pack's pure rooms as `diffusion_anatomy`, without running its ComfyUI-facing __init__."""
-    if "diffusion_anatomy" not in sys.modules:
-        module = types.ModuleType("diffusion_anatomy")
-        module.__path__ = [str(REPO)]
-        sys.modules["diffusion_anatomy"] = module
+    """The pack's registries (samplers, schedules), imported as `diffusion_anatomy` without ComfyUI."""
+    if str(REPO / "harness") not in sys.path:
+        sys.path.insert(0, str(REPO / "harness"))  # harness/diffusion_anatomy.py: the repo root as the package
     import diffusion_anatomy.samplers as samplers
     import diffusion_anatomy.samplers.schedules as schedules
 

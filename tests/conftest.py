@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "diffusion_anatomy"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "host"))
-
-# The repo root is the pack (ComfyUI imports it as a package named after its folder). Tests import
-# it as `diffusion_anatomy` without running its __init__, so the pure rooms load with torch alone.
-if PACK not in sys.modules:
-    _pack = types.ModuleType(PACK)
-    _pack.__path__ = [str(ROOT)]
-    _pack.__file__ = str(ROOT / "__init__.py")
-    sys.modules[PACK] = _pack
+# harness/diffusion_anatomy.py: tests import the pack as `diffusion_anatomy` without running its __init__,
+# so the pure rooms load with torch alone (ComfyUI imports the repo root as a package named after its folder)
+sys.path.insert(0, str(ROOT / "harness"))
 
 import hostenv  # noqa: E402  (host/hostenv.py: where the host ComfyUI lives)
 
