@@ -44,6 +44,9 @@ class SamplerInfo:
     # picture: the Sampler Lab measures it against its own high-step run (other stochastic samplers draw fresh
     # noise per step and have no such limit)
     brownian_path: bool = False
+    # takes `model_sigmas`, the model's discrete sigma table (ascending, index = timestep), which the nodes
+    # read from ComfyUI's model_sampling at sampling time (PNDM's half timestep)
+    uses_model_sigmas: bool = False
     # where the maths has a domain narrower than the widgets' ranges: options -> problems (empty: fine)
     domain: Callable[[dict], list[str]] | None = None
 
