@@ -6,7 +6,7 @@ Full ViT-L/14 text tower (123M parameters), float32, the same seeded random weig
 copy: both models are built on the meta device and get the same tensors assigned), so the numbers
 compare code, not weights. For a few prompts (plain, weighted, two chunks) it times tokenization and
 encoding separately: median of `--runs` after one warm-up, and prints ours/core.
-ComfyUI is imported from the host (`host/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
+ComfyUI is imported from the host (`harness/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.clip.encoder import SD1, TextEncoder  # noqa: E402

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "host")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "harness")]
 sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 import hostenv  # noqa: E402

@@ -45,7 +45,7 @@ def median_seconds(fns: dict, runs: int) -> dict:
 
 
 def speed(latent: int, runs: int):
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "host")]
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "harness")]
     import hostenv
     from support.inprocess import load_comfy
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "host"))
-# harness/diffusion_anatomy.py: tests import the pack as `diffusion_anatomy` without running its __init__,
-# so the pure rooms load with torch alone (ComfyUI imports the repo root as a package named after its folder)
-sys.path.insert(0, str(ROOT / "harness"))
+# tests/ (support: what only tests need), generate/ (the generators whose output tests check), harness/: the pack
+# imported as `diffusion_anatomy` without running its __init__ (so the pure rooms load with torch alone; ComfyUI
+# imports the repo root as a package named after its folder), hostenv, comfy_server, browser
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "generate"), str(ROOT / "harness")]
 
-import hostenv  # noqa: E402  (host/hostenv.py: where the host ComfyUI lives)
+import hostenv  # noqa: E402  (harness/hostenv.py: where the host ComfyUI lives)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 """Turn an API-format graph into an editor (UI-format) workflow that explains itself.
 
-    .host/venv/bin/python host/ui_workflow.py workflows/api/*.json   # writes workflows/<Title>.json for each
+    .host/venv/bin/python generate/ui_workflow.py workflows/api/*.json   # writes workflows/<Title>.json for each
 
 Starts a ComfyUI with the pack, reads each node's definition (/object_info) to order widget values
 and name slots, then opens the graph in ComfyUI's own frontend (headless Chromium,
-tests/support/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
+harness/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
 the graph out as one group per stage of Stable Diffusion, left to right, each with a Note that
 explains the stage in the words of the source document, and writes the UI JSON the graph editor
 and ComfyUI's template browser open. The file name is the workflow's title (what the template
@@ -241,8 +241,8 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
     """Each node's smallest size that fits its widgets, as ComfyUI's frontend computes it."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support.browser import Browser
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
+    from browser import Browser
 
     with Browser.start() as page:
         page.open_app(url)
@@ -254,7 +254,7 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
 def main() -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
     from comfy_server import ComfyServer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,9 +1,9 @@
 """Regenerate the README's generated sections: the sampler and schedule tables from the registries (the one
 source of truth), and "Samplers, measured" from the sampler lab's recorded run beside the source document's ratings.
 
-    .host/venv/bin/python host/readme_tables.py          # rewrite README.md in place
-    .host/venv/bin/python host/readme_tables.py --check  # exit 1 if README.md is out of date
-    .host/venv/bin/python host/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
+    .host/venv/bin/python generate/readme_tables.py          # rewrite README.md in place
+    .host/venv/bin/python generate/readme_tables.py --check  # exit 1 if README.md is out of date
+    .host/venv/bin/python generate/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
                                                          # minutes on a CPU) into lab/readme_run/, then rewrite
 
 tests/pure/test_readme.py runs the check, so the README's lists stay current, and checks that the
@@ -158,7 +158,7 @@ def main() -> int:
     new = updated(text)
     if "--check" in sys.argv:
         if new != text:
-            print("README.md's sampler tables are out of date: run host/readme_tables.py")
+            print("README.md's sampler tables are out of date: run generate/readme_tables.py")
             return 1
         return 0
     path.write_text(new)

@@ -1,12 +1,12 @@
 """The bundled anatomy workflows: written from the stage lists below, in both formats, and rendered.
 
-    .host/venv/bin/python host/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/Anatomy *.json
-    .host/venv/bin/python host/thumbnails.py anatomy_tokens ...  # then their template thumbnails (workflows/README.md)
-    .host/venv/bin/python host/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
+    .host/venv/bin/python generate/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/Anatomy *.json
+    .host/venv/bin/python generate/thumbnails.py anatomy_tokens ...  # then their template thumbnails (workflows/README.md)
+    .host/venv/bin/python generate/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
 
 Each workflow is a list of stages in the source document's order; a stage becomes a group in the
 editor with a Note that says, in the document's words, what happens there. The editor version is
-made from the API version by host/ui_workflow.py (nodes carry `_meta.group` and `_meta.note`).
+made from the API version by generate/ui_workflow.py (nodes carry `_meta.group` and `_meta.note`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(REPO / "harness")]  # generate/, harness/
 
 EMBEDDED = "DiffusionAnatomy/tiny_shapes_sd1.safetensors"
 PROMPT = "a large red circle at the top left on a blue background"
@@ -68,7 +68,7 @@ class Graph:
     def add(self, class_type: str, title: str | None = None, **inputs) -> str:
         nid = str(len(self.nodes) + 1)
         group, note, _ = self.stages[-1]
-        meta = {**({"title": title} if title else {}), "group": group, "note": note}  # host/ui_workflow.py makes groups and notes of them
+        meta = {**({"title": title} if title else {}), "group": group, "note": note}  # generate/ui_workflow.py makes groups and notes of them
         self.nodes[nid] = {"class_type": class_type, "inputs": inputs, "_meta": meta}
         self.stages[-1][2].append(nid)
         return nid
