@@ -13,18 +13,13 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "tests"))
-if "diffusion_anatomy" not in sys.modules:
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 
 def main() -> None:
@@ -62,7 +57,7 @@ def main() -> None:
     plain = comfy.samplers.sampler_object("dpmpp_2m")
     recorded, recording = anatomy_nodes.DenoisingStepsRecorder().wrap(comfy.samplers.sampler_object("dpmpp_2m"), 1, False)
     times = {"plain A": [], "plain A'": [], "with view": []}
-    run(plain)  # warm-up
+    reference = run(plain)[1]  # warm-up; the plain run before each view run replaces it
     for _ in range(args.runs):
         for name, sampler in (("plain A", plain), ("with view", recorded), ("plain A'", plain)):
             seconds, out = run(sampler)

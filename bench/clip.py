@@ -6,7 +6,7 @@ Full ViT-L/14 text tower (123M parameters), float32, the same seeded random weig
 copy: both models are built on the meta device and get the same tensors assigned), so the numbers
 compare code, not weights. For a few prompts (plain, weighted, two chunks) it times tokenization and
 encoding separately: median of `--runs` after one warm-up, and prints ours/core.
-ComfyUI is imported from the host (`host/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
+ComfyUI is imported from the host (`harness/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
 """
 from __future__ import annotations
 
@@ -14,17 +14,12 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.clip.encoder import SD1, TextEncoder  # noqa: E402
 from diffusion_anatomy.clip.tokenizer import BPETokenizer, find_tokenizer_dir  # noqa: E402

@@ -54,9 +54,8 @@ fi
 # The random SD1.5 checkpoint of node_path.py (2 GB, CPU work): made in the background while the GPU works.
 "$PY" - >"$OUTDIR/checkpoint.log" 2>&1 <<'PYCKPT' &
 import sys, types, os
-sys.path[:0] = ["tests", "host", os.environ["COMFYUI_PATH"]]
+sys.path[:0] = ["tests", "harness", os.environ["COMFYUI_PATH"]]  # harness/: diffusion_anatomy, hostenv
 import comfy.options; comfy.options.enable_args_parsing(False)
-pack = types.ModuleType("diffusion_anatomy"); pack.__path__ = [os.getcwd()]; sys.modules["diffusion_anatomy"] = pack
 from support.checkpoints import sd15_random_checkpoint
 print(sd15_random_checkpoint(types.SimpleNamespace(dir=__import__("pathlib").Path(os.environ["COMFYUI_PATH"]))))
 PYCKPT

@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-import conftest  # noqa: E402,F401  (makes the pack importable as diffusion_anatomy without ComfyUI)
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.embedded.config import TINY  # noqa: E402
 from diffusion_anatomy.unet import SD15, UNetModel  # noqa: E402

@@ -39,13 +39,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "tests"))
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    pack.__file__ = str(ROOT / "__init__.py")
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 SAMPLERS = ("euler", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc")
 PROMPT, NEGATIVE = "a photograph of a red fox in a snowy forest", "blurry"

@@ -16,14 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if "diffusion_anatomy" not in sys.modules:  # the repo root as the pack, without its ComfyUI-facing __init__
-    _pack = types.ModuleType("diffusion_anatomy")
-    _pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = _pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 import torch  # noqa: E402
 

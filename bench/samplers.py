@@ -20,7 +20,6 @@ import math
 import statistics
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,11 +27,8 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "host")]
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its ComfyUI __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "harness")]
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 import hostenv  # noqa: E402
 from diffusion_anatomy.samplers import REGISTRY  # noqa: E402

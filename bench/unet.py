@@ -20,7 +20,7 @@ Peak memory per variant is the activation peak above the resident weights (max_m
 
 Both models hold the same random weights (ComfyUI's is built on the meta device and gets our tensors
 assigned), so the numbers compare code, not weights. ComfyUI is imported from the host
-(`host/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
+(`harness/hostenv.py`: COMFYUI_PATH or DA_HOST_DIR).
 """
 from __future__ import annotations
 
@@ -30,18 +30,13 @@ import math
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "tests"))
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.unet import SD15, SDXL, UNetModel  # noqa: E402
 

@@ -18,17 +18,13 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
 
 from diffusion_anatomy.vae import config as vc  # noqa: E402
 from diffusion_anatomy.vae.model import AutoencoderKL  # noqa: E402
@@ -49,7 +45,7 @@ def median_seconds(fns: dict, runs: int) -> dict:
 
 
 def speed(latent: int, runs: int):
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "host")]
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "harness")]
     import hostenv
     from support.inprocess import load_comfy
 

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import hostenv
-from comfy_server import ComfyError, ComfyServer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))  # hostenv, comfy_server
+import hostenv  # noqa: E402
+from comfy_server import ComfyError, ComfyServer  # noqa: E402
 
 DEFAULT_WORKFLOW = hostenv.REPO / "workflows" / "api" / "text_to_image.json"
 

@@ -4,5 +4,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$here/install.sh"
-py="$(cd "$here" && python3 -c 'import hostenv; print(hostenv.python())')"
+py="$(cd "$here/../harness" && python3 -c 'import hostenv; print(hostenv.python())')"
 exec "$py" "$here/run.py" "$@"

@@ -48,20 +48,11 @@ class Against:
     ODE_NO_LIMIT = "distance to ODE reference (per-step noise: no pathwise limit)"
 
 
-def brownian_by_default(info: SamplerInfo) -> bool:
-    """Whether a stochastic sampler's default noise is a Brownian tree fixed by the seed (pathwise convergent).
-
-    The DPM++ SDE functions (`sample_dpmpp_2m_sde`, `sample_dpmpp_3m_sde`) draw Brownian noise unless given
-    a noise sampler; the Extra-Samplers ones do when their `noise_type` option defaults to "brownian"."""
-    if info.defaults().get("noise_type") == "brownian":
-        return True
-    return info.fn.__name__ in ("sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde") and "noise_type" not in info.defaults()
-
-
 def against(info: SamplerInfo) -> str:
+    """What a sampler's pictures are measured against, from its registry entry (`brownian_path`)."""
     if not info.stochastic:
         return Against.ODE
-    return Against.OWN if brownian_by_default(info) else Against.ODE_NO_LIMIT
+    return Against.OWN if info.brownian_path else Against.ODE_NO_LIMIT
 
 
 # ----------------------------------------------------------------------------------------------- inputs

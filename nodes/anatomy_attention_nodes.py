@@ -120,8 +120,8 @@ class CrossAttentionView:
         chosen = am.choose_words(prompt_words, words)
         sums = attention_maps.sums.float().cpu()
         if sums.shape[1] % n_tokens:
-            raise ValueError(f"text: this prompt is {n_tokens} tokens long ({len(chunks)} chunk(s) of 77), but the sampled "
-                             f"conditioning had {sums.shape[1]}; give the view the prompt used for sampling")
+            raise ValueError(f"text: this prompt is {n_tokens} tokens long, but the sampled conditioning had {sums.shape[1]}; "
+                             "give the view the prompt used for sampling")
         sums = am.fold_tokens(sums, n_tokens)
         pictures = []
         for i in range(image.shape[0]):

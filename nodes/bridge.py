@@ -244,27 +244,28 @@ GUARD_TILE = 256  # tiles of the fallback when an untiled decode cannot fit: sma
 class ComfyVAE(comfy.sd.VAE):
     """A ComfyUI VAE around the pack's AutoencoderKL.
 
-    `comfy.sd.VAE.__init__` builds ComfyUI's own module from a state dict; this sets the same fields
-    (those of its SD/SDXL branch) around ours instead. Tiled decode/encode use the pack's seamless
-    tiling (image-wide GroupNorm statistics) rather than core's blended overlapping tiles.
+    Core's own constructor builds the wrapper, so every field its decode/encode read (memory estimates,
+    pre/post-processing, devices, dtypes, and whatever a later ComfyUI adds) is core's: it is given an
+    AutoencoderKL config of the same shapes and that module's state-dict shapes on the meta device, so its
+    module costs no memory and loads nothing. The pack's module then takes its place, as the U-Net's does
+    in `comfy_model`. Tiled decode/encode use the pack's seamless tiling (image-wide GroupNorm statistics)
+    rather than core's blended overlapping tiles.
     """
 
-    def __init__(self, autoencoder: ComfyAutoencoder):  # noqa: super().__init__ would build ComfyUI's module
-        self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * mm.dtype_size(dtype)
-        self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * mm.dtype_size(dtype)
-        self.downscale_ratio = self.upscale_ratio = autoencoder.cfg.downscale
-        self.latent_channels, self.latent_dim, self.output_channels = autoencoder.cfg.embed_dim, 2, 3
-        self.process_input = lambda image: image * 2.0 - 1.0
-        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
-        self.working_dtypes = [torch.bfloat16, torch.float32]
-        self.disable_offload, self.not_video, self.size, self.crop_input = False, False, None, True
-        self.downscale_index_formula = self.upscale_index_formula = self.extra_1d_channel = None
-        self.device = mm.vae_device()
-        self.vae_dtype = mm.vae_dtype(self.device, self.working_dtypes)
+    def __init__(self, autoencoder: ComfyAutoencoder):
+        cfg = autoencoder.cfg
+        ddconfig = {"double_z": True, "z_channels": cfg.z_channels, "resolution": 256, "in_channels": cfg.in_channels,
+                    "out_ch": cfg.out_ch, "ch": cfg.ch, "ch_mult": list(cfg.ch_mult), "num_res_blocks": cfg.num_res_blocks,
+                    "attn_resolutions": [], "dropout": 0.0}
+        shapes = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in autoencoder.state_dict().items()}
+        with torch.device("meta"):  # core's module of the same shapes, never allocated: ours replaces it below
+            super().__init__(sd=shapes, config={"params": {"ddconfig": ddconfig, "embed_dim": cfg.embed_dim}})
+        # core's config path keeps its SD defaults for the geometry; these are our module's
+        self.downscale_ratio = self.upscale_ratio = cfg.downscale
+        self.latent_channels = cfg.embed_dim
         self.first_stage_model = autoencoder.eval().requires_grad_(False).to(self.vae_dtype)
-        self.output_device = mm.intermediate_device()
-        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=mm.vae_offload_device())
-        self.model_size()
+        self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.patcher.load_device,
+                                                        offload_device=self.patcher.offload_device)
 
     def decode(self, samples_in, vae_options={}):  # noqa: B006 (core's signature)
         """Core's decode, unless the estimate (vae/memory.py) says it cannot fit in the memory available:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import partial
 
 import comfy.samplers
+import torch
 
 from ..samplers import REGISTRY, SamplerInfo
 from ..samplers.registry import check_options
@@ -15,12 +16,25 @@ from ..samplers.runner import run_sampler
 from .common import CATEGORY, PREFIX, SUFFIX, widget
 
 
-ADDED_LATER = {"noise_type"}  # the DPM++ SDE samplers' noise source (brownian-fast came after the nodes shipped)
+
+def discrete_sigmas(model) -> torch.Tensor | None:
+    """The sigma table (index = timestep) of the model ComfyUI samples, as core's samplers read its model_sampling
+    (the guider's patcher, so a ModelSamplingDiscrete patch counts); None for a model without one."""
+    patcher = getattr(getattr(model, "inner_model", None), "model_patcher", None)
+    sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
+    return getattr(sampling, "sigmas", None)
+
+
+def sample(info: SamplerInfo, model, x, sigmas, **kwargs):
+    """The KSAMPLER function: the registered sampler, given the model's sigma table where its entry uses it."""
+    if info.uses_model_sigmas:
+        kwargs["model_sigmas"] = discrete_sigmas(model)
+    return run_sampler(info, model, x, sigmas, **kwargs)
 
 
 def make_ksampler(info: SamplerInfo, options: dict) -> comfy.samplers.KSAMPLER:
     check_options(info, options)  # a value outside the maths' domain fails here, naming it, not mid-run
-    return comfy.samplers.KSAMPLER(partial(run_sampler, info.id), extra_options=dict(options))
+    return comfy.samplers.KSAMPLER(partial(sample, info), extra_options=dict(options))
 
 
 def describe(info: SamplerInfo) -> str:
@@ -43,8 +57,8 @@ def sampler_node(info: SamplerInfo) -> type:
         def INPUT_TYPES(cls):
             # options added after a node first shipped are optional, so API graphs saved before still validate
             # (a missing one takes the registry default)
-            return {"required": {o.name: widget(o) for o in shown if o.name not in ADDED_LATER},
-                    "optional": {o.name: widget(o) for o in shown if o.name in ADDED_LATER}}
+            return {"required": {o.name: widget(o) for o in shown if not o.added_later},
+                    "optional": {o.name: widget(o) for o in shown if o.added_later}}
 
         def get_sampler(self, **options):
             return (make_ksampler(info, options),)

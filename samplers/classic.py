@@ -12,13 +12,14 @@ Where core departs from its own maths we fix it and say so in the docstring:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import torch
 
 from ._common import ancestral_step, s_in_like, to_d
-from .noise import default_noise_sampler
+from .noise import ETA, ETA_ODE, S_NOISE, noise_sampler_for
 from .registry import Option, register
 
 CORE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::"
@@ -31,19 +32,12 @@ CHURN_OPTIONS = (
     Option("s_churn", 0.0, 0.0, 100.0, 0.01, tooltip="Karras S_churn: total extra noise over the run (0 = plain ODE steps)."),
     Option("s_tmin", 0.0, 0.0, S_TMAX_DEFAULT, 0.01, tooltip="Churn only where sigma >= s_tmin."),
     Option("s_tmax", S_TMAX_DEFAULT, 0.0, S_TMAX_DEFAULT, 0.01, tooltip="Churn only where sigma <= s_tmax."),
-    Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the churn noise (Karras S_noise)."),
+    S_NOISE,  # Karras S_noise
 )
-ANCESTRAL_OPTIONS = (
-    Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="Share of each step's noise that is fresh (0 = deterministic, 1 = DDPM-like)."),
-    Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the fresh noise."),
-)
+ANCESTRAL_OPTIONS = (ETA, S_NOISE)
 
 
 # --- helpers of the family -------------------------------------------------------------------
-
-def _noise_sampler_for(x, extra_args, noise_sampler):
-    return default_noise_sampler(x, extra_args.get("seed")) if noise_sampler is None else noise_sampler
-
 
 def churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
     """Karras et al. 2206.00364 Alg. 2 line 5: gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax]."""
@@ -58,7 +52,7 @@ class _Churn:
 
     def __init__(self, x, extra_args, noise_sampler, n_steps, s_churn, s_tmin, s_tmax, s_noise):
         self.n_steps, self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = n_steps, s_churn, s_tmin, s_tmax, s_noise
-        self.noise_sampler = _noise_sampler_for(x, extra_args, noise_sampler) if s_churn > 0 else None
+        self.noise_sampler = noise_sampler_for(x, extra_args, noise_sampler) if s_churn > 0 else None
 
     def __call__(self, x, sigma: float):
         """(x at sigma_hat, sigma_hat, gamma)."""
@@ -285,7 +279,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     still added, so the next step sees a sample at its own sigma (core returns the bare x0 there).
     """
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _noise_sampler_for(x, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
@@ -313,7 +307,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     Departure from core as in Euler Ancestral: with sigma_down = 0 before the end (eta > 1) the
     step lands on x0 and the noise is still added (core skips it)."""
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _noise_sampler_for(x, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
@@ -328,10 +322,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 
 @register(
     id="ddim", name="DDIM", order=1, calls_per_step=1, stochastic=False,
-    options=(
-        Option("eta", 0.0, 0.0, 1.0, 0.01, tooltip="DDIM eta: 0 = deterministic DDIM (Euler in sigma), 1 = DDPM-like noise."),
-        Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the fresh noise."),
-    ),
+    options=(dataclasses.replace(ETA_ODE, max=1.0), S_NOISE),  # DDIM's eta (eq. 16): 0 = DDIM, 1 = DDPM-like
     core_id="ddim", reference="CompVis/stable-diffusion/ldm/models/diffusion/ddim.py::p_sample_ddim; " + CORE + "sample_euler",
     paper="arXiv:2010.02502 eq. 12 and eq. 16",
     description="Smooth images with realistic colours; few steps. Suited to image-to-image and upscaling.",
@@ -349,7 +340,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None,
     eta > 1 would need sqrt of a negative number; c is capped at sigma_next as in `ancestral_step`.
     """
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _noise_sampler_for(x, extra_args, noise_sampler) if eta > 0 else None
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler) if eta > 0 else None
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):
@@ -380,7 +371,7 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
     re-noise it with fresh noise to the next sigma, x = x0 + sigma_next * z (core's EPS/V
     `noise_scaling`); the last step returns x0."""
     extra_args = {} if extra_args is None else extra_args
-    noise_sampler = _noise_sampler_for(x, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     s_in = s_in_like(x)
     sig = sigmas.tolist()
     for i in range(len(sig) - 1):

@@ -17,12 +17,10 @@ from typing import Callable
 import torch
 
 from ._common import ancestral_step, s_in_like, sigma_of, t_of
-from .noise import default_noise_sampler
+from .noise import ETA_ODE, S_NOISE, noise_sampler_for
 from .registry import Option, register
 
 REFERENCE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::{}"  # with its DPMSolver, PIDStepSizeController
-ETA = Option("eta", 0.0, 0.0, 100.0, 0.01, tooltip="Ancestral noise per step (0: the ODE solver).")
-S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the added noise.")
 
 EpsFn = Callable[[torch.Tensor, float], torch.Tensor]  # eps(x, t)
 
@@ -108,7 +106,7 @@ def fast_orders(nfe: int) -> list[int]:
 
 @register(
     id="dpm_fast", name="DPM-Fast", order=3, calls_per_step=1, stochastic=False, core_id="dpm_fast",
-    options=(ETA, S_NOISE), reference=REFERENCE.format("sample_dpm_fast"),
+    options=(ETA_ODE, S_NOISE), reference=REFERENCE.format("sample_dpm_fast"),
     paper="arXiv 2206.00927, sec. 3.4 (DPM-Solver-fast) with Algorithms 1-2",
     description="Emphasises speed with few steps; for text-to-image and video.",
 )
@@ -129,8 +127,7 @@ def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=No
     t_start, t_end = t_of(sigma_max), t_of(sigma_min)
     if eta and t_end < t_start:  # core also refuses t_end == t_start (one sigma): nothing to do, no error here
         raise ValueError("eta must be 0 for reverse sampling")
-    if noise_sampler is None:
-        noise_sampler = default_noise_sampler(x, seed=extra_args.get("seed"))
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     eps_fn = noise_prediction(model, x, extra_args)
     orders = fast_orders(len(sigma_list) - 1)
     m = len(orders)
@@ -190,7 +187,7 @@ MAX_STEP_FACTOR = 1 + math.pi / 2  # sup of pid_step_factor
         Option("dcoeff", 0.0, 0.0, 100.0, 0.01, tooltip="Derivative coefficient of the PID step-size controller."),
         Option("accept_safety", 0.81, 0.0, 100.0, 0.01,
                tooltip="A step is accepted when the proposed step factor is at least this."),
-        ETA, S_NOISE,
+        ETA_ODE, S_NOISE,
     ),
     reference=REFERENCE.format("sample_dpm_adaptive"),
     paper="arXiv 2206.00927, sec. 3.3 / Algorithm 4 (DPM-Solver-12 and -23, adaptive step size)",
@@ -223,8 +220,7 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
     forward = t_end > t_start
     if eta and t_end < t_start:  # core also refuses t_end == t_start (one sigma): nothing to do, no error here
         raise ValueError("eta must be 0 for reverse sampling")
-    if noise_sampler is None:
-        noise_sampler = default_noise_sampler(x, seed=extra_args.get("seed"))
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     eps_fn = noise_prediction(model, x, extra_args)
     clip = min if forward else max  # never step past t_end
     h = abs(h_init) * (1 if forward else -1)

@@ -15,33 +15,14 @@ import math
 
 import torch
 
-from ._common import ancestral_step, s_in_like, sigma_of, t_of
-from .noise import brownian_tree_noise_sampler, default_noise_sampler, make_noise_sampler, noise_option
-from .registry import Option, register
+from ._common import ancestral_step, multistep_3m_correction, s_in_like, sde_noise_std, sigma_of, t_of
+from .noise import ETA, S_NOISE, noise_option, noise_sampler_for
+from .registry import register
 
-ETA = Option("eta", 1.0, 0.0, 100.0, 0.01,
-             tooltip="How stochastic each step is: 0 is the ODE solver, 1 the reverse SDE.")
-S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01,
-                 tooltip="Scale of the added noise (above 1 adds detail, below 1 smooths).")
 # "brownian" (torchsde's tree, core's numbers) stays the default: core parity is promised for these samplers.
-NOISE_TYPE = noise_option("brownian")
+# The option came with brownian-fast, after these nodes shipped.
+NOISE_TYPE = noise_option("brownian", added_later=True)
 REFERENCE = "comfyanonymous/ComfyUI/comfy/k_diffusion/sampling.py::sample_{}"
-
-
-def brownian_noise(x: torch.Tensor, sigmas: list[float], seed, noise_device: str = "cpu", noise_type: str = "brownian"):
-    """Core's default noise for the SDE samplers: a seeded Brownian tree over [smallest positive sigma, largest sigma];
-    another `noise_type` (e.g. brownian-fast, the same law on x's device) over the same interval."""
-    if noise_device not in ("cpu", "gpu"):
-        raise ValueError(f"noise_device must be 'cpu' or 'gpu', not {noise_device!r}")
-    sigma_min = min(s for s in sigmas if s > 0)
-    if noise_type == "brownian":
-        return brownian_tree_noise_sampler(x, sigma_min, max(sigmas), seed=seed, cpu=noise_device == "cpu")
-    return make_noise_sampler(noise_type, x, seed, sigma_min, max(sigmas))
-
-
-def sde_noise_std(sigma_next: float, h: float, eta: float) -> float:
-    """Std of the fresh noise of an SDE step, sigma_next sqrt(1 - exp(-2 h eta))."""
-    return sigma_next * math.sqrt(-math.expm1(-2 * h * eta))
 
 
 @register(
@@ -82,7 +63,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 @register(
     id="dpmpp_2m_sde", name="DPM++ 2M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_2m_sde",
-    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"solver_type": "midpoint"},
+    options=(ETA, S_NOISE, NOISE_TYPE), brownian_path=True, fixed_options={"solver_type": "midpoint"},
     reference=REFERENCE.format("dpmpp_2m_sde"),
     paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); midpoint correction as k-diffusion",
     description="DPM++ 2M adapted to stochastic (SDE) sampling; for text-to-image.",
@@ -90,7 +71,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @register(
     id="dpmpp_2m_sde_heun", name="DPM++ 2M SDE Heun", core_id="dpmpp_2m_sde_heun",
     order=2, calls_per_step=1, stochastic=True,
-    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"solver_type": "heun"},
+    options=(ETA, S_NOISE, NOISE_TYPE), brownian_path=True, fixed_options={"solver_type": "heun"},
     reference=REFERENCE.format("dpmpp_2m_sde"),
     paper="arXiv 2211.01095, sec. 4 (SDE-DPM-Solver++(2M)); Heun correction as k-diffusion",
     description="DPM++ 2M SDE with the Heun-type (phi_2) second-order correction instead of the midpoint one.",
@@ -112,8 +93,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     extra_args = {} if extra_args is None else extra_args
     s_in = s_in_like(x)
     sigma_list = sigmas.tolist()
-    if noise_sampler is None:
-        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device, noise_type)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sigma_list, noise_device)
     old_denoised, h_last = None, None
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -139,14 +119,14 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 @register(
     id="dpmpp_3m_sde", name="DPM++ 3M SDE", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde",
-    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"noise_device": "cpu"},
+    options=(ETA, S_NOISE, NOISE_TYPE), brownian_path=True, fixed_options={"noise_device": "cpu"},
     reference=REFERENCE.format("dpmpp_3m_sde"),
     paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="Third-order multistep SDE sampler; for text-to-image and image-to-video.",
 )
 @register(
     id="dpmpp_3m_sde_gpu", name="DPM++ 3M SDE GPU", order=2, calls_per_step=1, stochastic=True, core_id="dpmpp_3m_sde_gpu",
-    options=(ETA, S_NOISE, NOISE_TYPE), fixed_options={"noise_device": "gpu"},
+    options=(ETA, S_NOISE, NOISE_TYPE), brownian_path=True, fixed_options={"noise_device": "gpu"},
     reference=REFERENCE.format("dpmpp_3m_sde_gpu"),
     paper="k-diffusion, after arXiv 2211.01095 (third-order multistep, sec. 4 SDE)",
     description="DPM++ 3M SDE with its Brownian noise drawn on the GPU (faster; the same seed gives other noise).",
@@ -172,10 +152,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     extra_args = {} if extra_args is None else extra_args
     s_in = s_in_like(x)
     sigma_list = sigmas.tolist()
-    if noise_sampler is None:
-        noise_sampler = brownian_noise(x, sigma_list, extra_args.get("seed"), noise_device, noise_type)
-    denoised_1, denoised_2 = None, None  # D of the last two steps
-    h_1, h_2 = None, None  # their step sizes in lambda
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sigma_list, noise_device)
+    past_denoised, past_h = [], []  # D of the last two steps and their step sizes in lambda, most recent first
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
@@ -186,21 +164,13 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
             h = t_of(sigma_next) - t_of(sigma)
             h_eta = h * (eta + 1)
             x = (sigma_next / sigma) * math.exp(-h * eta) * x - math.expm1(-h_eta) * denoised
-            phi_2 = math.expm1(-h_eta) / h_eta + 1
-            if h_2 is not None:
-                r0, r1 = h_1 / h, h_2 / h
-                d1_0 = (denoised - denoised_1) / r0
-                d1_1 = (denoised_1 - denoised_2) / r1
-                d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_3 = phi_2 / h_eta - 0.5
-                x = x + phi_2 * d1 - phi_3 * d2
-            elif h_1 is not None:
-                x = x + phi_2 * ((denoised - denoised_1) / (h_1 / h))
+            correction = multistep_3m_correction(denoised, past_denoised, past_h, h, h_eta)
+            if correction is not None:
+                x = x + correction
             if eta > 0 and s_noise > 0:
                 x = x + noise_sampler(sigma, sigma_next) * (sde_noise_std(sigma_next, h, eta) * s_noise)
-            h_1, h_2 = h, h_1
-        denoised_1, denoised_2 = denoised, denoised_1
+            past_h = [h] + past_h[:1]
+        past_denoised = [denoised] + past_denoised[:1]
     return x
 
 
@@ -222,10 +192,9 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     is 0 lands on D (the Euler step to 0).
     """
     extra_args = {} if extra_args is None else extra_args
-    if noise_sampler is None:
-        noise_sampler = default_noise_sampler(x, seed=extra_args.get("seed"))
     s_in = s_in_like(x)
     sigma_list = sigmas.tolist()
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler)
     for i, (sigma, sigma_next) in enumerate(zip(sigma_list[:-1], sigma_list[1:])):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)

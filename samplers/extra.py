@@ -6,7 +6,7 @@ Reference: Clybius/ComfyUI-Extra-Samplers `extra_samplers.py`, `other_samplers/s
 anew; the reference's design quirks are kept, its defects fixed (each named in the sampler's docstring).
 Defects common to all of them: the reference's noise ignores the seed (non-Brownian types draw from
 the global RNG, and Brownian gets `seed=None` through an argument-order bug); here every noise type is
-drawn from `make_noise_sampler(noise_type, x, extra_args["seed"], ...)` and is reproducible.
+drawn from `noise_sampler_for(x, extra_args, noise_sampler, noise_type, sigmas)`, seeded with extra_args["seed"], and is reproducible.
 
 All maths in sigma space: t = lambda = -log(sigma), h = t_next - t; `sigmas.tolist()` is taken once
 so the loops branch on floats and never sync with the device.
@@ -17,28 +17,16 @@ import math
 
 import torch
 
-from ._common import ancestral_step, s_in_like, to_d
-from .noise import NOISE_TYPES, make_noise_sampler, noise_option  # noqa: F401  (NOISE_TYPES: read by tests)
+from ._common import ancestral_step, multistep_3m_correction, res_coefficients, s_in_like, sde_noise_std, to_d
+from .noise import ETA, S_NOISE, noise_option, noise_sampler_for
 from .registry import Option, register
 
 REFERENCE = "Clybius/ComfyUI-Extra-Samplers/"
 
-
-S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the injected noise.")
 MOMENTUM = Option(
     "momentum", 0.5, -1.0, 1.0, 0.01,
     tooltip="Blend of each update with the previous one, weighted by m*(sigma/sigma_max - m/2); 0 = plain solver.",
 )
-
-
-def pick_noise_sampler(x, sigmas: list[float], noise_type: str, extra_args: dict, noise_sampler=None, sigma_min_scale=1.0):
-    """The caller's `noise_sampler`, else a seeded sampler of `noise_type` spanning the schedule's sigmas
-    (a Brownian tree from sigma_min_scale * min positive sigma to max sigma)."""
-    if noise_sampler is not None:
-        return noise_sampler
-    positive = [s for s in sigmas if s > 0] or [1.0]
-    seed = extra_args.get("seed")
-    return make_noise_sampler(noise_type, x, seed, min(positive) * sigma_min_scale, max(positive), cpu=True)
 
 
 def momentum_update(diff: torch.Tensor, velocity: torch.Tensor | None, momentum: float, tau: float) -> torch.Tensor:
@@ -56,36 +44,21 @@ def momentum_update(diff: torch.Tensor, velocity: torch.Tensor | None, momentum:
 def multistep_correction(denoised, past_denoised: list, past_h: list[float], h: float, h_eta: float):
     """The history term added after the first-order exponential step, from up to three past x0 (else None).
 
-    With two past x0 it is DPM++(3M) SDE's (k-diffusion `sample_dpmpp_3m_sde`): phi_2 d1 - phi_3 d2,
-    phi_2 = 1 - (1 - e^-h_eta)/h_eta, phi_3 = phi_2/h_eta - 1/2. With three (the pack's "4M") the
-    divided differences take a third level with the reference's own step ratios
+    With up to two past x0 it is DPM++(3M) SDE's (`multistep_3m_correction`). With three (the pack's "4M")
+    the divided differences take a third level with the reference's own step ratios
     r0 = h_3/h_2, r1 = h_2/h, r2 = h/h_1 (kept as written: the term is O(h^4) per step either way).
     """
+    if len(past_denoised) < 3:
+        return multistep_3m_correction(denoised, past_denoised, past_h, h, h_eta)
     phi_2 = math.expm1(-h_eta) / h_eta + 1
     phi_3 = phi_2 / h_eta - 0.5
-    if len(past_denoised) >= 3:
-        (d_1, d_2, d_3), (h_1, h_2, h_3) = past_denoised[:3], past_h[:3]
-        r0, r1, r2 = h_3 / h_2, h_2 / h, h / h_1
-        d1_0, d1_1, d1_2 = (denoised - d_1) / r2, (d_1 - d_2) / r1, (d_2 - d_3) / r0
-        third = (d1_0 - d1_1) * r2 / (r2 + r1) - (d1_1 - d1_2) * r1 / (r0 + r1)
-        d1 = d1_0 + (d1_0 - d1_1) * r2 / (r2 + r1) + third * r2 / ((r2 + r1) * (r0 + r1))
-        d2 = (d1_0 - d1_1) / (r2 + r1) + third / ((r2 + r1) * (r0 + r1))
-        return phi_2 * d1 - phi_3 * d2  # the reference names these phi_3, phi_4: same values
-    if len(past_denoised) == 2:
-        (d_1, d_2), (h_1, h_2) = past_denoised, past_h
-        r0, r1 = h_1 / h, h_2 / h
-        d1_0, d1_1 = (denoised - d_1) / r0, (d_1 - d_2) / r1
-        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        return phi_2 * d1 - phi_3 * d2
-    if len(past_denoised) == 1:
-        return phi_2 * (denoised - past_denoised[0]) * h / past_h[0]
-    return None
-
-
-def sde_noise_scale(sigma_next: float, h: float, eta: float) -> float:
-    """Std of the DPM++ SDE noise: sigma_next sqrt(1 - e^(-2 h eta))."""
-    return sigma_next * math.sqrt(-math.expm1(-2 * h * eta))
+    (d_1, d_2, d_3), (h_1, h_2, h_3) = past_denoised[:3], past_h[:3]
+    r0, r1, r2 = h_3 / h_2, h_2 / h, h / h_1
+    d1_0, d1_1, d1_2 = (denoised - d_1) / r2, (d_1 - d_2) / r1, (d_2 - d_3) / r0
+    third = (d1_0 - d1_1) * r2 / (r2 + r1) - (d1_1 - d1_2) * r1 / (r0 + r1)
+    d1 = d1_0 + (d1_0 - d1_1) * r2 / (r2 + r1) + third * r2 / ((r2 + r1) * (r0 + r1))
+    d2 = (d1_0 - d1_1) / (r2 + r1) + third / ((r2 + r1) * (r0 + r1))
+    return phi_2 * d1 - phi_3 * d2  # the reference names these phi_3, phi_4: same values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +87,7 @@ def dance_step(sigma_from: float, sigma_to: float, eta_dance: float) -> tuple[fl
     calls_per_step=1,
     stochastic=True,
     options=(
-        Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="Ancestral noise of the leap down (0 = deterministic Euler)."),
+        ETA,  # of the leap down
         Option("eta_dance", 1.0, 0.0, 100.0, 0.01,
                tooltip="Fresh-noise share of the dance back up: 0 = ODE backwards, 1 = forward noising process."),
         S_NOISE,
@@ -143,7 +116,7 @@ def sample_euler_ancestral_dancing(model, x, sigmas, extra_args=None, callback=N
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     for i in range(len(sig) - 1):
         sigma, sigma_next = sig[i], sig[i + 1]
@@ -175,6 +148,7 @@ def cosine_eta(i: int, n: int, eta_max: float, eta_min: float) -> float:
 
 @register(
     id="dpmpp_3m_sde_dynamic_eta",
+    brownian_path=True,  # noise_type brownian by default
     name="DPM++ 3M SDE Dynamic ETA",
     order=3,
     calls_per_step=1,
@@ -201,7 +175,7 @@ def sample_dpmpp_3m_sde_dynamic_eta(model, x, sigmas, extra_args=None, callback=
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     past_denoised, past_h = [], []
     for i in range(len(sig) - 1):
@@ -220,7 +194,7 @@ def sample_dpmpp_3m_sde_dynamic_eta(model, x, sigmas, extra_args=None, callback=
         if correction is not None:
             x = x + correction
         if eta:
-            x = x + noise_sampler(sigma, sigma_next) * sde_noise_scale(sigma_next, h, eta) * s_noise
+            x = x + noise_sampler(sigma, sigma_next) * sde_noise_std(sigma_next, h, eta) * s_noise
         past_denoised, past_h = [denoised] + past_denoised[:1], [h] + past_h[:1]
     return x
 
@@ -250,7 +224,7 @@ def sample_lcm_custom_noise(model, x, sigmas, extra_args=None, callback=None, di
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     for i in range(len(sig) - 1):
         denoised = model(x, sig[i] * s_in, **extra_args)
@@ -294,7 +268,7 @@ JVP_UNSUPPORTED = (RuntimeError, NotImplementedError, TypeError)
     calls_per_step=2,
     stochastic=True,
     options=(
-        Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="SDE noise (0 = deterministic second-order Taylor ODE solver)."),
+        ETA,
         S_NOISE,
         noise_option("gaussian"),
         Option("derivative", "auto", choices=("auto", "jvp", "finite_difference"),
@@ -328,7 +302,7 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     use_jvp = derivative != "finite_difference"
     for i in range(len(sig) - 1):
@@ -356,7 +330,7 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
             denoised_prime = denoised_derivative_fd(model, x, sigma, denoised, h / 2, s_in, extra_args)
         x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised + (math.expm1(-h_eta) + h_eta) * denoised_prime
         if eta:
-            x = x + noise_sampler(sigma, sigma_next) * sde_noise_scale(sigma_next, h, eta) * s_noise
+            x = x + noise_sampler(sigma, sigma_next) * sde_noise_std(sigma_next, h, eta) * s_noise
     return x
 
 
@@ -366,13 +340,14 @@ def sample_ttm(model, x, sigmas, extra_args=None, callback=None, disable=None, e
 
 @register(
     id="clyb_4m_sde_momentumized",
+    brownian_path=True,  # noise_type brownian by default
     name="CLyB-4M SDE Momentumized",
     order=3,
     calls_per_step=1,
     stochastic=True,
     discard_penultimate_sigma=True,
     options=(
-        Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="SDE noise (0 = deterministic multistep solver)."),
+        ETA,
         S_NOISE,
         MOMENTUM,
         noise_option("brownian"),
@@ -394,7 +369,7 @@ def sample_clyb_4m_sde_momentumized(model, x, sigmas, extra_args=None, callback=
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     sigma_max = max(sig)
     velocity = velocity_sde = None
@@ -417,7 +392,7 @@ def sample_clyb_4m_sde_momentumized(model, x, sigmas, extra_args=None, callback=
             velocity_sde = momentum_update(correction, velocity_sde, momentum, tau)
             x = x + velocity_sde
         if eta:
-            x = x + noise_sampler(sigma, sigma_next) * sde_noise_scale(sigma_next, h, eta) * s_noise
+            x = x + noise_sampler(sigma, sigma_next) * sde_noise_std(sigma_next, h, eta) * s_noise
         past_denoised, past_h = [denoised] + past_denoised[:2], [h] + past_h[:2]
     return x
 
@@ -430,7 +405,7 @@ def sample_clyb_4m_sde_momentumized(model, x, sigmas, extra_args=None, callback=
     stochastic=True,
     discard_penultimate_sigma=True,
     options=(
-        Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="Ancestral noise of both stages (0 = deterministic)."),
+        ETA,  # of both stages
         S_NOISE,
         Option("r", 0.5, 0.01, 100.0, 0.01, tooltip="Position of the intermediate stage, as a fraction of the step in log sigma."),
         MOMENTUM,
@@ -459,7 +434,7 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     sigma_max = max(sig)
     velocity = velocity_s = velocity_sde = None
@@ -504,28 +479,6 @@ def sample_dpmpp_dualsde_momentumized(model, x, sigmas, extra_args=None, callbac
 # Res-Momentumized: RES (Zhang et al. 2308.02157) with churn and momentum
 
 
-def phi(j: int, neg_h: float, simple: bool) -> float:
-    """phi_j(-h) = h^-j int_0^h e^(tau - h) tau^(j-1)/(j-1)! dtau (2308.02157, Lemma 1), j = 1, 2.
-
-    simple=True: the closed forms with expm1 (Katherine Crowson's); False: the reference's general form
-    e^z z^-j (1 - Gamma(j, z)/Gamma(j)) through the finite sum of the upper incomplete gamma function.
-    The same numbers up to rounding (the general form loses digits for small h). h = 0 gives the limits 1/j!.
-    """
-    if neg_h == 0:
-        return 1 / math.factorial(j)
-    if simple:
-        return math.expm1(neg_h) / neg_h if j == 1 else (math.expm1(neg_h) - neg_h) / neg_h**2
-    partial = sum(neg_h**k / math.factorial(k) for k in range(j))
-    return math.exp(neg_h) * neg_h**-j * (1 - math.exp(-neg_h) * partial)
-
-
-def res_coefficients(h: float, c2: float, simple: bool) -> tuple[float, float, float]:
-    """Second-order RES tableau (2308.02157, Table 3): a21 = c2 phi_1(-c2 h), b1 = phi_1 - phi_2/c2, b2 = phi_2/c2."""
-    a2_1 = c2 * phi(1, -c2 * h, simple)
-    phi_1, phi_2 = phi(1, -h, simple), phi(2, -h, simple)
-    return a2_1, phi_1 - phi_2 / c2, phi_2 / c2
-
-
 @register(
     id="res_momentumized",
     name="Res-Momentumized",
@@ -533,7 +486,7 @@ def res_coefficients(h: float, c2: float, simple: bool) -> tuple[float, float, f
     calls_per_step=2,
     stochastic=True,
     options=(
-        Option("momentum", 0.5, -1.0, 1.0, 0.01, tooltip=MOMENTUM.tooltip),
+        MOMENTUM,
         Option("denoise_to_zero", True, tooltip="Finish with one model call at the last sigma (else stop at sigma_min, as Algorithm 2)."),
         Option("simple_phi_calc", False, tooltip="phi functions by their expm1 closed forms instead of the general incomplete-gamma formula."),
         Option("ita", 0.25, 0.0, 100.0, 0.01, tooltip="Churn: each step first adds noise from sigma up to sigma (1 + ita)."),
@@ -565,7 +518,7 @@ def sample_res_momentumized(model, x, sigmas, extra_args=None, callback=None, di
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler, sigma_min_scale=0.5)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig, sigma_min_scale=0.5)
     s_in = s_in_like(x)
     sigma_max = max(sig)
     ends_in_zero = sig[-1] == 0

@@ -17,6 +17,7 @@ pyramid, highres-pyramid, perlin, laplacian, each standardised as that reference
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -32,11 +33,20 @@ Seed = int | Sequence[int] | None
 NOISE_TYPES = ("gaussian", "uniform", "brownian", "pyramid", "highres-pyramid", "perlin", "laplacian", "brownian-fast")
 
 
-def noise_option(default: str) -> Option:
+def noise_option(default: str, added_later: bool = False) -> Option:
     """The `noise_type` widget of a stochastic sampler."""
-    return Option("noise_type", default, choices=NOISE_TYPES,
+    return Option("noise_type", default, choices=NOISE_TYPES, added_later=added_later,
                   tooltip="Kind of noise injected at each step (seeded). brownian: a Brownian tree on the CPU (torchsde, "
                           "core's numbers); brownian-fast: the same law drawn on the latent's device, faster, other numbers.")
+
+
+# The two options of every stochastic sampler, defined once; a sampler that wants another default or range
+# takes a `dataclasses.replace` of it, the tooltip stays.
+ETA = Option("eta", 1.0, 0.0, 100.0, 0.01,
+             tooltip="How much fresh noise each step adds: 0 is the deterministic (ODE) solver, 1 the full ancestral/SDE noise.")
+S_NOISE = Option("s_noise", 1.0, 0.0, 100.0, 0.01,
+                 tooltip="Scale of the added noise (above 1 adds detail, below 1 smooths).")
+ETA_ODE = dataclasses.replace(ETA, default=0.0)  # for samplers whose default is their deterministic solver (DDIM, DPM-Solver)
 
 
 def _per_sample(seed: Seed) -> bool:
@@ -292,6 +302,24 @@ def make_noise_sampler(kind: str, x: torch.Tensor, seed: Seed, sigma_min: float,
     if kind not in DRAWS:
         raise ValueError(f"unknown noise type {kind!r}; choose one of {NOISE_TYPES}")
     return seeded_noise_sampler(x, seed, DRAWS[kind])
+
+
+def noise_sampler_for(x: torch.Tensor, extra_args: dict, noise_sampler=None, noise_type: str = "gaussian",
+                      sigmas: Sequence[float] = (), noise_device: str = "cpu", sigma_min_scale: float = 1.0):
+    """What a sampler draws its noise from: the caller's `noise_sampler`, else a sampler of `noise_type` seeded
+    with extra_args["seed"]; a Brownian tree spans [sigma_min_scale * smallest positive sigma, largest sigma] of `sigmas`
+    and lives on the CPU (core's default) or, with noise_device="gpu", on x's device.
+
+    "gaussian" is core's `default_noise_sampler` stream; "brownian" over that interval is core's
+    `BrownianTreeNoiseSampler` for its SDE samplers.
+    """
+    if noise_sampler is not None:
+        return noise_sampler
+    if noise_device not in ("cpu", "gpu"):
+        raise ValueError(f"noise_device must be 'cpu' or 'gpu', not {noise_device!r}")
+    positive = [s for s in sigmas if s > 0] or [1.0]
+    return make_noise_sampler(noise_type, x, extra_args.get("seed"), min(positive) * sigma_min_scale, max(positive),
+                              cpu=noise_device == "cpu")
 
 
 # --- Brownian noise on the device: a fixed dyadic tree of Brownian bridges ---------------------------

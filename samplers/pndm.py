@@ -23,6 +23,7 @@ warm-up steps that would need it use the Adams-Bashforth estimate from what is a
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -48,6 +49,28 @@ def pseudo_linear_multistep(eps: torch.Tensor, history: list[torch.Tensor]) -> t
 
 def _eps(model, x, sigma: float, s_in, extra_args) -> torch.Tensor:
     return to_d(x, sigma, model(x, sigma * s_in, **extra_args))
+
+
+def timestep_of(table: list[float], sigma: float, rel: float = 1e-6) -> int | None:
+    """The timestep t with table[t] == sigma (to `rel`), in the model's ascending discrete sigma table, else None."""
+    i = bisect.bisect_left(table, sigma * (1 - rel))
+    return i if i < len(table) and abs(table[i] - sigma) <= rel * sigma else None
+
+
+def half_timestep_sigma(table: list[float] | None, sigma: float, sigma_next: float) -> float:
+    """Where PNDM's pseudo Runge-Kutta takes the middle of a step.
+
+    On the model's discrete sigmas (both ends in `table`, ComfyUI's model_sampling.sigmas: index = timestep)
+    it is the sigma of the half timestep t - (t - t_next) // 2, as diffusers' PNDMScheduler (its prk_timesteps:
+    t - step_ratio // 2). On any other grid (karras, exponential, ..., or no table given) there is no timestep
+    to halve, and the middle is the geometric one sqrt(sigma sigma_next), the midpoint in lambda = -log(sigma)
+    (within 1% of the half timestep's sigma at the high-noise steps of SD's schedule where the warm-up runs).
+    """
+    if table:
+        t, t_next = timestep_of(table, sigma), timestep_of(table, sigma_next)
+        if t is not None and t_next is not None and t > t_next:
+            return table[t - (t - t_next) // 2]
+    return math.sqrt(sigma * sigma_next)
 
 
 @register(
@@ -97,6 +120,7 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     order=2,
     calls_per_step="4 on the first 3 steps, then 1",
     stochastic=False,
+    uses_model_sigmas=True,
     reference="huggingface/diffusers src/diffusers/schedulers/scheduling_pndm.py::PNDMScheduler "
     "(step_prk, step_plms, _get_prev_sample)",
     paper="arXiv 2202.09778, formula (9) (transfer part) and (12) (pseudo Runge-Kutta / linear multistep)",
@@ -105,19 +129,19 @@ def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     "the image's structure).",
 )
 @torch.no_grad()
-def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None, model_sigmas=None):
     """PNDM in sigma space: 3 pseudo Runge-Kutta steps (4 model calls each), then Adams-Bashforth 4 on eps.
 
-    Pseudo Runge-Kutta = RK4 on dx/dsigma = eps, e' = (e1 + 2 e2 + 2 e3 + e4) / 6, e2 and e3 taken
-    at the step's middle. diffusers takes the middle at the half *timestep*; with the SD schedule the
-    sigma there is the geometric mean sqrt(sigma * sigma_next) to within 1% at the high-noise steps
-    where the warm-up runs (the arithmetic mean is off by up to 4% at 10 steps), so the middle here is
-    the geometric one: the midpoint in lambda = -log(sigma). As in diffusers the multistep history
-    holds each step's first eps, so the 4th step already uses AB4.
+    Pseudo Runge-Kutta = RK4 on dx/dsigma = eps, e' = (e1 + 2 e2 + 2 e3 + e4) / 6, e2 and e3 taken at the
+    step's middle: on the model's discrete sigmas (`model_sigmas`, its ascending table by timestep; the nodes
+    pass ComfyUI's) the half timestep's sigma, as diffusers; elsewhere the geometric middle
+    (`half_timestep_sigma`). As in diffusers the multistep history holds each step's first eps, so the 4th
+    step already uses AB4.
     """
     extra_args = {} if extra_args is None else extra_args
     s_in = s_in_like(x)
     sig = sigmas.tolist()
+    table = None if model_sigmas is None else torch.as_tensor(model_sigmas).tolist()
     history: list[torch.Tensor] = []
     for i in range(len(sig) - 1):
         sigma, sigma_next = sig[i], sig[i + 1]
@@ -126,7 +150,7 @@ def sample_pndm(model, x, sigmas, extra_args=None, callback=None, disable=None):
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         if len(history) < 3 and sigma_next > 0:  # pseudo Runge-Kutta warm-up
-            sigma_mid = math.sqrt(sigma * sigma_next)
+            sigma_mid = half_timestep_sigma(table, sigma, sigma_next)
             e2 = _eps(model, x + (sigma_mid - sigma) * e1, sigma_mid, s_in, extra_args)
             e3 = _eps(model, x + (sigma_mid - sigma) * e2, sigma_mid, s_in, extra_args)
             e4 = _eps(model, x + (sigma_next - sigma) * e3, sigma_next, s_in, extra_args)

@@ -20,6 +20,9 @@ class Option:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     tooltip: str = ""
+    # added after the sampler's node shipped: an optional input, so graphs saved before it still validate
+    # (a graph without it runs with the default)
+    added_later: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,13 @@ class SamplerInfo:
     paper: str = ""  # arXiv id and algorithm/equation
     description: str = ""  # what the source document says of it (translated)
     fixed_options: dict = field(default_factory=dict)  # options this entry pins, e.g. solver_type
+    # its default noise is one Brownian path fixed by the seed, so runs at growing step counts converge to one
+    # picture: the Sampler Lab measures it against its own high-step run (other stochastic samplers draw fresh
+    # noise per step and have no such limit)
+    brownian_path: bool = False
+    # takes `model_sigmas`, the model's discrete sigma table (ascending, index = timestep), which the nodes
+    # read from ComfyUI's model_sampling at sampling time (PNDM's half timestep)
+    uses_model_sigmas: bool = False
     # where the maths has a domain narrower than the widgets' ranges: options -> problems (empty: fine)
     domain: Callable[[dict], list[str]] | None = None
 
@@ -89,6 +99,8 @@ def register(**meta) -> Callable[[Callable], Callable]:
 
     def wrap(fn: Callable) -> Callable:
         info = SamplerInfo(fn=fn, **meta)
+        if info.brownian_path and not info.stochastic:
+            raise ValueError(f"sampler {info.id!r}: brownian_path needs a stochastic sampler")
         if info.id in REGISTRY:
             raise ValueError(f"sampler id {info.id!r} registered twice")
         REGISTRY[info.id] = info

@@ -43,10 +43,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ._common import ancestral_step, s_in_like, to_d
-from .extra import REFERENCE, noise_option, pick_noise_sampler, res_coefficients
+from ._common import ancestral_step, res_coefficients, s_in_like, to_d
+from .noise import ETA, S_NOISE, noise_option, noise_sampler_for
 from .registry import Option, register
 
+REFERENCE = "Clybius/ComfyUI-Extra-Samplers/"
 Tensor = torch.Tensor
 
 
@@ -386,13 +387,13 @@ MODULATION_DIMS = {1: (-3,), 2: (-2, -1), 3: (-3, -2, -1)}  # channels, space, b
     options=(
         Option("step_method", "euler", choices=STEP_METHOD_NAMES, tooltip="Integrator of each step (the first step is always RKF45)."),
         Option("substep_method", "euler", choices=SUBSTEP_METHOD_NAMES, tooltip="Integrator of the substeps after the first."),
-        Option("eta", 1.0, 0.0, 100.0, 0.01, tooltip="Ancestral noise (0 = deterministic)."),
+        ETA,
         Option("centralization", 0.02, -1.0, 1.0, 0.01, tooltip="Subtract this share of each channel's mean from x0 (scaled by sqrt(sigma))."),
         Option("normalization", 0.01, -1.0, 1.0, 0.01, tooltip="Move x0's channels this far towards unit std (scaled by sqrt(sigma))."),
         Option("edge_enhancement", 0.05, -100.0, 100.0, 0.01, tooltip="Sharpen x0 and blur x away from its edges (bilateral filter)."),
         Option("perphist", 0.0, -5.0, 5.0, 0.01, tooltip="Add this much of the previous x0's component perpendicular to the current one."),
         Option("substeps", 2, 1, 16, 1, tooltip="Runs of each step from the same x, averaged (each costs a whole step of model calls; at most 16, the reference allows 100)."),
-        Option("s_noise", 1.0, 0.0, 100.0, 0.01, tooltip="Scale of the injected noise."),
+        S_NOISE,
         Option("noise_modulation", "intensity", choices=tuple(NOISE_MODULATIONS), tooltip="How the ancestral noise is shaped by the image."),
         Option("modulation_strength", 2.0, -100.0, 100.0, 0.01, tooltip="Mix of modulated and plain noise (1 = all modulated)."),
         Option("modulation_dims", 3, 1, 3, 1, tooltip="Statistics over 1 = channels, 2 = height and width, 3 = all three."),
@@ -423,7 +424,7 @@ def sample_supreme(model, x, sigmas, extra_args=None, callback=None, disable=Non
     sig = sigmas.tolist()
     if len(sig) <= 1:
         return x
-    noise_sampler = pick_noise_sampler(x, sig, noise_type, extra_args, noise_sampler)
+    noise_sampler = noise_sampler_for(x, extra_args, noise_sampler, noise_type, sig)
     s_in = s_in_like(x)
     steps_per_sigma = SUPREME_ORDER.get(step_method, 2) + SUPREME_ORDER.get(substep_method, 2) * (substeps - 1)
     cfg = Enhancements(centralization, normalization, edge_enhancement, perphist, steps_per_sigma)

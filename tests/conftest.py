@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACK = "diffusion_anatomy"
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "host"))
+# tests/ (support: what only tests need), generate/ (the generators whose output tests check), harness/: the pack
+# imported as `diffusion_anatomy` without running its __init__ (so the pure rooms load with torch alone; ComfyUI
+# imports the repo root as a package named after its folder), hostenv, comfy_server, browser
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "generate"), str(ROOT / "harness")]
 
-# The repo root is the pack (ComfyUI imports it as a package named after its folder). Tests import
-# it as `diffusion_anatomy` without running its __init__, so the pure rooms load with torch alone.
-if PACK not in sys.modules:
-    _pack = types.ModuleType(PACK)
-    _pack.__path__ = [str(ROOT)]
-    _pack.__file__ = str(ROOT / "__init__.py")
-    sys.modules[PACK] = _pack
-
-import hostenv  # noqa: E402  (host/hostenv.py: where the host ComfyUI lives)
+import hostenv  # noqa: E402  (harness/hostenv.py: where the host ComfyUI lives)
 
 
 @pytest.fixture(scope="session")

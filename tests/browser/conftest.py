@@ -1,9 +1,9 @@
-"""Real-browser tests: headless Chromium (tests/support/browser.py) on the real server fixture."""
+"""Real-browser tests: headless Chromium (harness/browser.py) on the real server fixture."""
 from __future__ import annotations
 
 import pytest
 
-from support.browser import Browser
+from browser import Browser
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support.browser import artifacts_dir
+from browser import artifacts_dir
 
 pytestmark = pytest.mark.server
 

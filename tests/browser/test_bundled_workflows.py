@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.browser import artifacts_dir
+from browser import artifacts_dir
 from thumbnails import SIDE as THUMBNAIL_SIDE
 from ui_workflow import IMAGE_ROOM, slug
 

@@ -56,7 +56,6 @@ def test_vae_refuses_what_not_even_tiles_fit(embedded, monkeypatch):
 
 
 def denoise(model, clip, latent_image, cfg=5.0, steps=1):
-    import comfy.samplers
 
     from diffusion_anatomy.nodes.denoise_nodes import UNetDenoise
     from diffusion_anatomy.nodes.model_nodes import CLIPTextEncode

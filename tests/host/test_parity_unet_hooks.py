@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from diffusion_anatomy.unet import UNetConfig, UNetModel

@@ -77,8 +77,12 @@ def test_registry_entry_matches_its_function(sampler_id):
     for opt in info.options:
         if opt.name in params and params[opt.name].default is not inspect.Parameter.empty:
             assert params[opt.name].default == opt.default, f"{sampler_id}: {opt.name} default differs from the function's"
+        assert opt.choices is None or opt.default in opt.choices, f"{sampler_id}: {opt.name} default is not one of its choices"
     assert info.name and info.description and (info.reference or info.paper)
     assert isinstance(info.calls_per_step, str) or info.calls_per_step >= 1
+    # brownian_path (the lab's choice of reference) says what the function draws by default: a Brownian tree
+    called = {**{k: p.default for k, p in params.items()}, **info.defaults(), **info.fixed_options}
+    assert info.brownian_path == (called.get("noise_type") == "brownian"), f"{sampler_id}: brownian_path disagrees with its default noise"
 
 
 # --- steps and model calls ---------------------------------------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 PROBE = f"""
-import sys, types
-pack = types.ModuleType("diffusion_anatomy"); pack.__path__ = [{str(REPO)!r}]; sys.modules["diffusion_anatomy"] = pack
+import sys
+sys.path.insert(0, {str(REPO / "harness")!r})  # harness/diffusion_anatomy.py, as every script and test imports the pack
 import diffusion_anatomy.samplers, diffusion_anatomy.samplers.schedules, diffusion_anatomy.samplers.runner
 import diffusion_anatomy.unet.model, diffusion_anatomy.vae.model, diffusion_anatomy.vae.tiled
 import diffusion_anatomy.clip.encoder, diffusion_anatomy.checkpoint.reader

@@ -12,15 +12,16 @@ Model: the exact Gaussian-data denoiser (tests/support/gaussian.py), data N(MU, 
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
 
 from diffusion_anatomy.samplers import extra
+from diffusion_anatomy.samplers._common import res_coefficients
+from diffusion_anatomy.samplers.noise import NOISE_TYPES
 from diffusion_anatomy.samplers.registry import REGISTRY
-from support.gaussian import GaussianDenoiser, fitted_order
+from support.gaussian import GaussianDenoiser, exact_law, fitted_order
 
 MU, S = 0.3, 0.5
 IDS = ("euler_ancestral_dancing", "dpmpp_3m_sde_dynamic_eta", "lcm_custom_noise", "ttm",
@@ -46,29 +47,10 @@ def ode_error(sampler_id, n, sigma_max=10.0, sigma_min=0.1, **options):
     return (out - model.ode_solution(x, sigma_max, sigma_min)).abs().max().item()
 
 
-def exact_law(sampler_id, sigmas, max_draws=400, **options):
-    """Mean and variance of the sampler's output for x_T ~ N(MU, S^2 + sigma_0^2) (the exact marginal).
-
-    Output = a x_T + c + sum_k b_k n_k elementwise; batch element 0 (x_T = 0, no noise) gives c, element 1
-    (x_T = 1) gives a + c, and noise draw k is the basis vector of element 2 + k, giving c + b_k.
-    """
-    draws = 0
-    batch = 2 + max_draws
-
-    def basis_noise(sigma, sigma_next):
-        nonlocal draws
-        e = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
-        e[2 + draws] = 1
-        draws += 1
-        return e
-
-    x = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
-    x[1] = 1
-    out = REGISTRY[sampler_id].fn(GaussianDenoiser(MU, S), x, sigmas, noise_sampler=basis_noise, **options).flatten()
-    assert draws <= max_draws
-    c, a, b = out[0], out[1] - out[0], out[2:2 + draws] - out[0]
-    sigma_0 = sigmas[0].item()
-    return (a * MU + c).item(), (a * a * (S**2 + sigma_0**2) + (b * b).sum()).item()
+def law(sampler_id, sigmas, **options):
+    """The sampler's exact output law N(mean, var) for the exact starting marginal (support.gaussian.exact_law)."""
+    mean, var, _ = exact_law(REGISTRY[sampler_id].fn, sigmas, MU, S, **options)
+    return mean, var
 
 
 def monte_carlo(sampler_id, sigmas, n=20000, seed=1, **options):
@@ -88,14 +70,7 @@ def assert_matches_law(samples, mean, var):
 # ---------------------------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("sampler_id", IDS)
-def test_registered_options_are_the_function_defaults(sampler_id):
-    info = REGISTRY[sampler_id]
-    params = inspect.signature(info.fn).parameters
-    for option in info.options:
-        assert params[option.name].default == option.default, option.name
-        if option.choices:
-            assert option.default in option.choices
+# the options' defaults against the functions' (and in their choices): test_registry_behaviour.py, for every sampler
 
 
 def test_node_defaults_of_the_reference():
@@ -108,31 +83,8 @@ def test_node_defaults_of_the_reference():
 
 
 # ---------------------------------------------------------------------------------------------- contract
-
-
-@pytest.mark.parametrize("sampler_id", IDS)
-def test_contract_callback_short_and_partial_schedules(sampler_id):
-    model = GaussianDenoiser(MU, S)
-    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    fn = REGISTRY[sampler_id].fn
-    assert fn(model, x, torch.tensor([5.0]), **GAUSSIAN) is x
-    sigmas = karras(6).float()
-    seen = []
-    out = fn(model, x * 14.6, sigmas, extra_args={"seed": 3}, callback=lambda d: seen.append(d), noise_type="gaussian")
-    assert [d["i"] for d in seen] == list(range(6))
-    assert set(seen[0]) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
-    assert torch.isfinite(out).all() and out.dtype == x.dtype
-    partial = fn(model, x * 14.6, sigmas[:4], extra_args={"seed": 3}, noise_type="gaussian")  # does not end in 0
-    assert torch.isfinite(partial).all()
-
-
-@pytest.mark.parametrize("sampler_id", IDS)
-def test_noise_is_seeded(sampler_id):
-    """Departure: the reference's noise ignores the seed; here the same seed gives the same image."""
-    x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 14.6
-    run = lambda seed: REGISTRY[sampler_id].fn(GaussianDenoiser(MU, S), x, karras(5).float(), extra_args={"seed": seed}, **GAUSSIAN)
-    assert torch.equal(run(7), run(7))
-    assert not torch.equal(run(7), run(8))
+# callback once per step, short and partial schedules, a single sigma, seeded noise (the reference's ignores the seed):
+# test_registry_behaviour.py runs them for every registered sampler, these included
 
 
 # ---------------------------------------------------------------------------------------------- orders
@@ -209,7 +161,7 @@ STAT_CASES = [
     ("clyb_4m_sde_momentumized", GAUSSIAN), ("dpmpp_dualsde_momentumized", {}), ("res_momentumized", {}), ("lcm_custom_noise", {})])
 def test_seeded_samples_follow_the_exact_law(sampler_id, options):
     sigmas = karras(12)
-    mean, var = exact_law(sampler_id, sigmas, **options)
+    mean, var = law(sampler_id, sigmas, **options)
     assert_matches_law(monte_carlo(sampler_id, sigmas, **options), mean, var)
 
 
@@ -221,7 +173,7 @@ def test_law_approaches_the_data_as_steps_double(sampler_id, options):
     target = S**4 / (S**2 + sigma_last**2)
     errors = []
     for n in (20, 80):
-        mean, var = exact_law(sampler_id, karras(n), **options)
+        mean, var = law(sampler_id, karras(n), **options)
         assert mean == pytest.approx(MU, abs=1e-9)
         errors.append(abs(var - target))
     assert errors[1] < errors[0] / 2 and errors[1] < 0.05, errors
@@ -235,7 +187,7 @@ def test_lcm_law_is_the_posterior_mean_recursion():
     v = S**2 + s[0] ** 2
     for sigma, sigma_next in zip(s[:-1], s[1:]):
         v = (S**2 / (S**2 + sigma**2)) ** 2 * v + sigma_next**2
-    mean, var = exact_law("lcm_custom_noise", sigmas)
+    mean, var = law("lcm_custom_noise", sigmas)
     assert (mean, var) == pytest.approx((MU, v), rel=1e-12)
 
 
@@ -255,12 +207,15 @@ def test_lcm_gaussian_is_cores_seeded_stream():
 # ---------------------------------------------------------------------------------------------- departures
 
 
-@pytest.mark.parametrize("eta_dance", [0.5, 1.0, 2.0, 1e6])
-def test_dancing_up_is_defined_for_every_eta_dance(eta_dance):
-    """Departure: the reference's move up (sigma_from < sigma_to) is NaN for eta_dance > 0."""
-    out = extra.sample_euler_ancestral_dancing(GaussianDenoiser(MU, S), torch.ones(4, 1, 2, 2) * 14.6, karras(8).float(),
-                                               eta_dance=eta_dance, extra_args={"seed": 0})
-    assert torch.isfinite(out).all()
+def test_dancing_up_depends_on_eta_dance():
+    """Departure: the reference's move up (sigma_from < sigma_to) is NaN, which min() turns into x0 + sigma_to n for every
+    eta_dance > 0, so eta_dance does nothing there. Here the same seed gives a finite, different picture for each eta_dance up
+    to 1 (below the cap sigma_up = sigma_to), and a huge one gives the reference's outcome."""
+    run = lambda eta_dance: extra.sample_euler_ancestral_dancing(GaussianDenoiser(MU, S), torch.ones(4, 1, 2, 2) * 14.6,
+                                                                 karras(8).float(), eta_dance=eta_dance, extra_args={"seed": 0})
+    outs = [run(e) for e in (0.25, 0.5, 1.0, 1e6)]
+    assert all(torch.isfinite(o).all() for o in outs)
+    assert all(not torch.allclose(a, b) for i, a in enumerate(outs) for b in outs[i + 1:])
 
 
 def test_dance_step_interpolates_ode_forward_process_and_reference():
@@ -272,13 +227,15 @@ def test_dance_step_interpolates_ode_forward_process_and_reference():
 
 
 def test_dance_with_eta_dance_one_keeps_the_exact_marginal():
-    """eta_dance = 1 is the forward process: x ~ N(MU, S^2 + a^2) moves to exactly N(MU, S^2 + b^2).
-    The move up is x' = x0 + (x - x0) down/a + up n with x0 = MU + k (x - MU), so x' - MU = gain (x - MU) + up n."""
+    """eta_dance = 1 is the forward process: the sampler's own move up takes x ~ N(MU, S^2 + a^2) to exactly N(MU, S^2 + b^2).
+    Sigmas (a, b, a): the leap of step 0 goes from a to a (no move with eta = 0), then the dance goes up to b; x is read at the
+    start of step 1. Other eta_dance values give another variance, so the check tells them apart."""
     a, b = 0.4, 1.1
-    k = S**2 / (S**2 + a**2)
-    down, up = extra.dance_step(a, b, 1.0)
-    gain = k + (1 - k) * down / a  # x' - MU = gain (x - MU) + up n
-    assert gain**2 * (S**2 + a**2) + up**2 == pytest.approx(S**2 + b**2, rel=1e-12)
+    sigmas = torch.tensor([a, b, a], dtype=torch.float64)
+    for eta_dance in (1.0, 0.5, 2.0):
+        mean, var, draws = exact_law(extra.sample_euler_ancestral_dancing, sigmas, MU, S, at_step=1, eta=0.0, eta_dance=eta_dance, leap=2)
+        assert draws == 1 and mean == pytest.approx(MU, abs=1e-12)
+        assert (var == pytest.approx(S**2 + b**2, rel=1e-12)) == (eta_dance == 1.0), (eta_dance, var)
 
 
 def test_dynamic_eta_schedule_keeps_the_reference_progress():
@@ -343,8 +300,8 @@ def test_res_final_denoise_uses_the_last_sigma():
 @pytest.mark.parametrize("h", [1e-3, 0.1, 1.0, 5.0])
 def test_res_phi_forms_agree(h):
     for c2 in (0.5, 1.0):
-        assert extra.res_coefficients(h, c2, True) == pytest.approx(extra.res_coefficients(h, c2, False), rel=1e-6)
-    a2_1, b1, b2 = extra.res_coefficients(h, 0.5, True)
+        assert res_coefficients(h, c2, True) == pytest.approx(res_coefficients(h, c2, False), rel=1e-6)
+    a2_1, b1, b2 = res_coefficients(h, 0.5, True)
     assert b1 + b2 == pytest.approx(-math.expm1(-h) / h)  # the weights integrate a constant x0 exactly
 
 
@@ -390,15 +347,11 @@ def test_ttm_falls_back_to_finite_differences():
     assert torch.equal(extra.sample_ttm(base, x, sigmas, eta=0.0), extra.sample_ttm(base, x, sigmas, eta=0.0, derivative="jvp"))
 
 
-@pytest.mark.parametrize("noise_type", [t for t in extra.NOISE_TYPES if t != "gaussian"])
+@pytest.mark.parametrize("noise_type", [t for t in NOISE_TYPES if t != "gaussian"])
 @pytest.mark.parametrize("sampler_id", ["dpmpp_3m_sde_dynamic_eta", "res_momentumized", "euler_ancestral_dancing"])
 def test_other_noise_types_are_seeded(sampler_id, noise_type):
-    """The noise types come from samplers/noise.py (another owner); where one is not there yet the test skips."""
+    """Every noise type of samplers/noise.py reaches these samplers seeded: the same seed, the same picture; another, another."""
     x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 14.6
-    try:
-        extra.make_noise_sampler(noise_type, x, 0, 0.03, 14.6)
-    except NotImplementedError:
-        pytest.skip(f"noise type {noise_type!r} not implemented in this tree")
     run = lambda seed: REGISTRY[sampler_id].fn(GaussianDenoiser(MU, S), x, karras(5).float(), extra_args={"seed": seed}, noise_type=noise_type)
     first = run(4)
     assert torch.isfinite(first).all() and torch.equal(first, run(4)) and not torch.equal(first, run(5))

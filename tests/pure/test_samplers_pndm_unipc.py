@@ -34,11 +34,16 @@ def eps_vp(x_vp, abar):
     return (x - toy_denoiser(x, torch.full([x.shape[0]], sigma, dtype=x.dtype))) / sigma
 
 
+def sd_alphas_cumprod_table() -> list[float]:
+    """abar_t for t = 0..999, SD's scaled-linear betas (0.00085 .. 0.012)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).tolist()
+
+
 def sd_alphas_cumprod(n_steps: int, to_sigma_zero: bool) -> list[float]:
     """abar for n_steps steps over equally spaced SD timesteps (scaled-linear betas) from 999 down to 0,
     or, with `to_sigma_zero`, down to the last timestep and then abar = 1 (sigma 0)."""
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    abar = torch.cumprod(1 - betas, 0)
+    abar = torch.tensor(sd_alphas_cumprod_table(), dtype=torch.float64)
     timesteps = torch.linspace(999, 0, n_steps + (0 if to_sigma_zero else 1)).round().long()
     return abar[timesteps].tolist() + ([1.0] if to_sigma_zero else [])
 
@@ -86,15 +91,28 @@ def plms_compvis(x_vp, abars):
     return x_vp
 
 
-def pndm_diffusers(x_vp, abars, abar_mid):
-    """diffusers PNDMScheduler (skip_prk_steps=False) as its pipeline drives it: one `step` per model
-    call, 12 PRK calls (counter-driven, cur_sample / cur_model_output / ets), then PLMS."""
+def pndm_diffusers(x_vp, alphas_cumprod, n_steps, steps_offset, set_alpha_to_one):
+    """diffusers' PNDMScheduler (skip_prk_steps=False) re-derived from its source, as its pipeline drives it.
+
+    set_timesteps: integer timesteps i * step_ratio + steps_offset; the pseudo Runge-Kutta timesteps of the
+    last 4 of them with their half steps (t + step_ratio // 2); then one `step` per model call: 12 PRK calls
+    (counter-driven cur_sample / cur_model_output / ets), then PLMS (Adams-Bashforth on ets). Returns the
+    result and the timesteps the run visits, highest first."""
+    step_ratio = len(alphas_cumprod) // n_steps
+    half = step_ratio // 2
+    timesteps = [i * step_ratio + steps_offset for i in range(n_steps)]
+    prk = [t + d for t in timesteps[-4:] for d in (0, half)][:-1]
+    prk = [t for t in prk for _ in range(2)][1:-1][::-1]
+    plms = timesteps[:-3][::-1]
+    final = 1.0 if set_alpha_to_one else alphas_cumprod[0]
+
+    def abar(t):
+        return alphas_cumprod[t] if t >= 0 else final
+
     ets, cur_out, cur_sample = [], 0, None
-    for counter in range(12):
-        k = counter // 4
-        start, mid, end = abars[k], abar_mid[k], abars[k + 1]
-        t_eval, t_prev = [(start, mid), (mid, mid), (mid, end), (end, end)][counter % 4]
-        e = eps_vp(x_vp, t_eval)
+    for counter, t in enumerate(prk):
+        e = eps_vp(x_vp, abar(t))
+        prev = t - (0 if counter % 2 else half)
         if counter % 4 == 0:
             cur_out, cur_sample = e / 6, x_vp
             ets.append(e)
@@ -102,11 +120,11 @@ def pndm_diffusers(x_vp, abars, abar_mid):
             cur_out = cur_out + e / 3
         else:
             e, cur_out = cur_out + e / 6, 0
-        x_vp = transfer_pndm(cur_sample, start, t_prev, e)
-    for k in range(3, len(abars) - 1):
-        ets.append(eps_vp(x_vp, abars[k]))
-        x_vp = transfer_pndm(x_vp, abars[k], abars[k + 1], adams_bashforth(ets))
-    return x_vp
+        x_vp = transfer_pndm(cur_sample, abar(prk[counter // 4 * 4]), abar(prev), e)
+    for t in plms:
+        ets.append(eps_vp(x_vp, abar(t)))
+        x_vp = transfer_pndm(x_vp, abar(t), abar(t - step_ratio), adams_bashforth(ets[-4:]))
+    return x_vp, timesteps[::-1], final
 
 
 def start(sigma0, seed=0):
@@ -126,21 +144,42 @@ def test_plms_equals_compvis_plms(n_steps):
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n_steps", [4, 10])
-def test_pndm_equals_diffusers_pndm(n_steps):
-    """Same maths as diffusers, with the warm-up's middle evaluations at sigma = sqrt(sigma * sigma_next)
-    (diffusers: the half timestep; see sample_pndm's docstring) and the last step to abar = 1 (sigma 0),
-    diffusers' set_alpha_to_one."""
-    abars = sd_alphas_cumprod(n_steps, to_sigma_zero=True)
-    sigmas = [sigma_of_abar(a) for a in abars]
-    abar_mid = [1 / (1 + sigmas[k] * sigmas[k + 1]) for k in range(3)]  # sigma_mid^2 = sigma_k sigma_k+1
-    x = start(sigmas[0])
-    ours = REGISTRY["pndm"].fn(toy_denoiser, x, torch.tensor(sigmas, dtype=torch.float64), disable=True)
-    ref = pndm_diffusers(x * math.sqrt(abars[0]), abars, abar_mid)
-    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("n_steps, steps_offset, set_alpha_to_one", [(4, 0, True), (10, 1, False), (20, 1, True), (7, 1, False)])
+def test_pndm_on_the_model_sigmas_equals_diffusers_pndm(n_steps, steps_offset, set_alpha_to_one):
+    """On the model's own discrete sigmas (the table given as model_sigmas, as the nodes give ComfyUI's), the warm-up's
+    middle is the half timestep's sigma, and the whole run is diffusers' PNDM (re-derived above) to float64 rounding.
+    7 steps: step_ratio 142, an even half (71); the odd ones are covered by t - (t - t_next) // 2 = t - step_ratio // 2."""
+    table_abar = sd_alphas_cumprod_table()
+    table = [sigma_of_abar(a) for a in table_abar]
+    top = (n_steps - 1) * (1000 // n_steps) + steps_offset  # diffusers' first timestep
+    x = start(table[top])
+    ref, visited, final = pndm_diffusers(x * math.sqrt(table_abar[top]), table_abar, n_steps, steps_offset, set_alpha_to_one)
+    sigmas = torch.tensor([table[t] for t in visited] + [sigma_of_abar(final)], dtype=torch.float64)
+    ours = REGISTRY["pndm"].fn(toy_denoiser, x, sigmas, disable=True, model_sigmas=torch.tensor(table, dtype=torch.float64))
+    torch.testing.assert_close(ours, ref / math.sqrt(final), rtol=1e-12, atol=1e-12)
+    # the geometric middle (the other grids' rule) is measurably another run here: the test sees the difference
+    geometric = REGISTRY["pndm"].fn(toy_denoiser, x, sigmas, disable=True)
+    assert (geometric - ours).abs().max() > 1e3 * 1e-12 * ours.abs().max()
 
 
-def test_pndm_warmup_evaluates_at_geometric_middle():
+def test_pndm_warmup_evaluates_at_half_timesteps_on_the_table():
+    table = [sigma_of_abar(a) for a in sd_alphas_cumprod_table()]
+    seen = []
+
+    def model(x, sigma, **kw):
+        seen.append(float(sigma[0]))
+        return toy_denoiser(x, sigma)
+
+    ts = [999, 899, 799, 699, 599]  # steps of 100: middles at 949, 849, 749 (and 999 - 100 // 2 = 949)
+    sigmas = torch.tensor([table[t] for t in ts] + [0.0], dtype=torch.float64)
+    REGISTRY["pndm"].fn(model, start(table[999]), sigmas, disable=True, model_sigmas=torch.tensor(table, dtype=torch.float64))
+    mids = [table[949], table[849], table[749]]
+    assert seen[:12] == pytest.approx([v for k in range(3) for v in (table[ts[k]], mids[k], mids[k], table[ts[k + 1]])], rel=1e-15)
+
+
+def test_pndm_warmup_evaluates_at_geometric_middle_off_the_table():
+    """A grid that is not the model's discrete sigmas (here no table at all; karras etc. in the nodes): the middle
+    in lambda = -log(sigma), sqrt(sigma sigma_next)."""
     seen = []
 
     def model(x, sigma, **kw):
@@ -149,6 +188,11 @@ def test_pndm_warmup_evaluates_at_geometric_middle():
 
     REGISTRY["pndm"].fn(model, start(14.6), torch.tensor([14.6, 4.0, 1.0, 0.0], dtype=torch.float64), disable=True)
     mid = math.sqrt(14.6 * 4.0)
+    assert seen[:4] == pytest.approx([14.6, mid, mid, 4.0], rel=1e-15)
+    # a table that does not hold these sigmas changes nothing
+    seen.clear()
+    table = torch.tensor([sigma_of_abar(a) for a in sd_alphas_cumprod_table()], dtype=torch.float64)
+    REGISTRY["pndm"].fn(model, start(14.6), torch.tensor([14.6, 4.0, 1.0, 0.0], dtype=torch.float64), disable=True, model_sigmas=table)
     assert seen[:4] == pytest.approx([14.6, mid, mid, 4.0], rel=1e-15)
 
 

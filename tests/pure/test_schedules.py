@@ -110,8 +110,9 @@ def test_normal_interpolates_between_timesteps():
     """Timesteps 999, 999 - 999/4, ...: fractional ones get log-linear interpolated sigmas."""
     sigmas = schedules.normal(5, TABLE).double()
     log_table = TABLE.double().log()
-    t = 999 - 999 / 4  # 749.25
-    expected = math.exp(0.75 * float(log_table[749]) + 0.25 * float(log_table[750]))
+    t = 999 - 999 / 4  # 749.25: 3/4 of the way from log sigma[749] to log sigma[750]
+    low, frac = int(t), t - int(t)
+    expected = math.exp((1 - frac) * float(log_table[low]) + frac * float(log_table[low + 1]))
     assert float(sigmas[1]) == pytest.approx(expected, rel=1e-6)
 
 

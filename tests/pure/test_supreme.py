@@ -11,7 +11,7 @@ import torch
 
 from diffusion_anatomy.samplers import supreme
 from diffusion_anatomy.samplers.registry import REGISTRY
-from support.gaussian import GaussianDenoiser, fitted_order
+from support.gaussian import GaussianDenoiser, exact_law, fitted_order
 
 MU, S = 0.3, 0.5
 OFF = dict(eta=0.0, centralization=0.0, normalization=0.0, edge_enhancement=0.0, perphist=0.0, substeps=1, noise_modulation="none")
@@ -135,24 +135,9 @@ def test_reference_bogacki_shampine_stage_is_first_order():
 # ---------------------------------------------------------------------------------------------- statistics
 
 
-def exact_law(sigmas, max_draws=200, **options):
-    """Mean/variance of the output for x_T ~ N(MU, S^2 + sigma_0^2): with the enhancements and modulation off the
-    sampler is affine in (x_T, noise draws); basis inputs give the coefficients (see test_samplers_extra)."""
-    draws = 0
-    batch = 2 + max_draws
-
-    def basis_noise(sigma, sigma_next):
-        nonlocal draws
-        e = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
-        e[2 + draws] = 1
-        draws += 1
-        return e
-
-    x = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
-    x[1] = 1
-    out = supreme.sample_supreme(GaussianDenoiser(MU, S), x, sigmas, noise_sampler=basis_noise, **options).flatten()
-    c, a, b = out[0], out[1] - out[0], out[2:2 + draws] - out[0]
-    return (a * MU + c).item(), (a * a * (S**2 + sigmas[0].item() ** 2) + (b * b).sum()).item(), draws
+def law(sigmas, **options):
+    """Output law of Supreme (enhancements and modulation off: affine in the start and the noise), support.gaussian.exact_law."""
+    return exact_law(supreme.sample_supreme, sigmas, MU, S, max_draws=200, **options)
 
 
 ANCESTRAL = {**OFF, "eta": 1.0}
@@ -161,7 +146,7 @@ ANCESTRAL = {**OFF, "eta": 1.0}
 @pytest.mark.parametrize("method", ["euler", "dpm_2s", "RES"])
 def test_ancestral_law_seeded_samples_and_convergence(method):
     sigmas = karras(10)
-    mean, var, draws = exact_law(sigmas, step_method=method, **ANCESTRAL)
+    mean, var, draws = law(sigmas, step_method=method, **ANCESTRAL)
     assert draws == 9  # departure 4: one noise per step into sigma > 0
     n = 20000
     g = torch.Generator().manual_seed(5)
@@ -171,7 +156,7 @@ def test_ancestral_law_seeded_samples_and_convergence(method):
     assert abs(out.var().item() - var) <= 5 * var * math.sqrt(2 / (n - 1))
     # the law approaches x0 of the exact marginal at sigma_last: N(MU, S^4 / (S^2 + sigma_last^2))
     target = S**4 / (S**2 + 0.03**2)
-    coarse, fine = (abs(exact_law(karras(k), step_method=method, **ANCESTRAL)[1] - target) for k in (20, 80))
+    coarse, fine = (abs(law(karras(k), step_method=method, **ANCESTRAL)[1] - target) for k in (20, 80))
     assert fine < coarse / 2
 
 

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from diffusion_anatomy.vae import config as vc
 from diffusion_anatomy.vae.model import AttnBlock, AutoencoderKL, DiagonalGaussian, attention
-from diffusion_anatomy.vae.norm import GroupNorm
 from diffusion_anatomy.vae.tiled import decode_tiled, encode_tiled
 
 SMALL = vc.VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1)  # f = 4, widths 32/64/128

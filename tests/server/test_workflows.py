@@ -49,7 +49,7 @@ def test_there_are_bundled_workflows():
     assert {"text_to_image", "image_to_image", "sampler_comparison", "pack_sampler_in_core_samplercustom"} <= names
     assert {slug(p.stem) for p in UI} == names  # each graph in both formats
     for p in UI:  # the template browser's thumbnail: a JPEG of the same stem
-        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail {p.stem}.jpg (host/thumbnails.py)"
+        assert p.with_suffix(".jpg").is_file(), f"{p.name} has no thumbnail {p.stem}.jpg (generate/thumbnails.py)"
         assert Image.open(p.with_suffix(".jpg")).format == "JPEG"
     # the pack's own graphs draw with the embedded model out of the box (core's loader cannot read it)
     for p in API:
@@ -73,7 +73,7 @@ def test_api_workflow_runs_and_writes_its_images(server, sd15, path):
     if graph is bundled:  # the committed thumbnail shows this run's pictures (JPEG: a few levels off)
         fresh = np.asarray(compose(saved_pictures(server, graph, outputs))).astype(np.int16)
         shipped = np.asarray(Image.open(thumbnail_path(path)).convert("RGB")).astype(np.int16)
-        assert np.abs(fresh - shipped).mean() < 3.0, f"{thumbnail_path(path).name} is stale: run host/thumbnails.py {path.stem}"
+        assert np.abs(fresh - shipped).mean() < 3.0, f"{thumbnail_path(path).name} is stale: run generate/thumbnails.py {path.stem}"
     images = {f.name.rsplit("_", 2)[0]: np.asarray(Image.open(f).convert("RGB")).astype(np.int16) for f in files}
     for img in images.values():
         assert img.ndim == 3 and img.std() > 1

@@ -35,3 +35,34 @@ def fitted_order(steps: list[int], errors: list[float]) -> float:
     ly = torch.tensor([math.log(e) for e in errors], dtype=torch.float64)
     lx, ly = lx - lx.mean(), ly - ly.mean()
     return float(-(lx * ly).sum() / (lx * lx).sum())
+
+
+def exact_law(fn, sigmas: torch.Tensor, mu: float, s: float, max_draws: int = 400, at_step: int | None = None, **options):
+    """(mean, variance, noise draws) of a sampler's output for x_T ~ N(mu, s^2 + sigma_0^2), the exact marginal, with
+    the denoiser of N(mu, s^2); with `at_step`, of its x at the start of that step (the callback's x) instead.
+
+    The sampler is then affine in (x_T, noise draws): x = a x_T + c + sum_k b_k n_k elementwise. Batch element 0
+    (x_T = 0, no noise) gives c, element 1 (x_T = 1) gives a + c, and noise draw k is the basis vector of element
+    2 + k, giving c + b_k; so mean = a mu + c and variance = a^2 (s^2 + sigma_0^2) + sum_k b_k^2.
+    """
+    draws, seen = 0, {}
+    batch = 2 + max_draws
+
+    def basis_noise(sigma, sigma_next):
+        nonlocal draws
+        e = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
+        e[2 + draws] = 1
+        draws += 1
+        return e
+
+    def callback(payload):
+        if payload["i"] == at_step:
+            seen["x"] = payload["x"].clone()
+
+    x = torch.zeros(batch, 1, 1, 1, dtype=torch.float64)
+    x[1] = 1
+    out = fn(GaussianDenoiser(mu, s), x, sigmas, noise_sampler=basis_noise, callback=callback, **options)
+    out = (seen["x"] if at_step is not None else out).flatten()
+    assert draws <= max_draws
+    c, a, b = out[0], out[1] - out[0], out[2:2 + draws] - out[0]
+    return (a * mu + c).item(), (a * a * (s**2 + sigmas[0].item() ** 2) + (b * b).sum()).item(), draws

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import websocket  # websocket-client, pinned in host/constraints.txt
 
-PACK_FOLDER = "comfyui-diffusion-anatomy"  # as host/comfy_server.py links the pack
+PACK_FOLDER = "comfyui-diffusion-anatomy"  # as harness/comfy_server.py links the pack
 PACK_MARKERS = (f"/extensions/{PACK_FOLDER}/", f"/workflow_templates/{PACK_FOLDER}/", "DiffusionAnatomy", "Diffusion Anatomy")
 # The frontend asks api.comfy.org about every node type it sees (registry look-ups); offline, the
 # page's security policy blocks those requests and logs an error naming the node type. Not the pack's.

@@ -1,10 +1,10 @@
 """Turn an API-format graph into an editor (UI-format) workflow that explains itself.
 
-    .host/venv/bin/python host/ui_workflow.py workflows/api/*.json   # writes workflows/<Title>.json for each
+    .host/venv/bin/python generate/ui_workflow.py workflows/api/*.json   # writes workflows/<Title>.json for each
 
 Starts a ComfyUI with the pack, reads each node's definition (/object_info) to order widget values
 and name slots, then opens the graph in ComfyUI's own frontend (headless Chromium,
-tests/support/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
+harness/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
 the graph out as one group per stage of Stable Diffusion, left to right, each with a Note that
 explains the stage in the words of the source document, and writes the UI JSON the graph editor
 and ComfyUI's template browser open. The file name is the workflow's title (what the template
@@ -19,6 +19,8 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+
+from stages import STAGES
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -107,48 +109,7 @@ def to_ui(graph: dict, object_info: dict) -> dict:
 
 # --- stages, notes and layout ---
 
-# The source document's explanation of each stage (its sections in brackets), one group per stage.
-DOC = "the source document"
-STAGES: list[tuple[str, tuple[str, ...], str]] = [
-    ("1. Model: CLIP, U-Net, VAE", ("CheckpointLoader",),
-     "Stable Diffusion uses three main models, CLIP, U-Net and VAE, to get a picture from the text we write "
-     f"({DOC}, 'What is Stable Diffusion'). The loader reads all three from one checkpoint; this one is the "
-     "pack's tiny embedded model of coloured shapes (64x64 pictures)."),
-    ("2. Prompt: CLIP text encoder", ("CLIPTextEncode",),
-     "The U-Net receives the Text Embedding from the CLIP Text Encoder and uses Cross-Attention to connect the "
-     f"picture with the text, so that the picture matches the prompt ({DOC}, 'U-Net in Stable Diffusion', steps 2-3). "
-     "The negative prompt is what the picture should move away from (CFG)."),
-    ("3. Start: pure noise in latent space", ("EmptyLatent", "EmptyLatentImage"),
-     "The U-Net works in Latent Space: 4x64x64 for a 512x512 picture, 4x8x8 for this model's 64x64. "
-     f"Reverse diffusion starts from a random picture that is pure Gaussian noise ({DOC}, 'Diffusion Process')."),
-    ("3. Start: a picture, through the VAE encoder", ("ExamplePicture", "LoadImage", "VAEEncode"),
-     "Image to image: the VAE encoder turns the starting picture into a latent; denoise below 1 adds only part of "
-     "the noise, so the sampler keeps the details of the original picture. The document recommends Euler "
-     f"Ancestral or DDIM for image-to-image ({DOC}, 'Choosing a sampler by use')."),
-    ("4. Sampler Lab: samplers x steps x schedules", ("SamplerLab",),
-     "Comparing samplers: Euler gives sharp pictures and is very fast; Euler Ancestral high contrast; DDIM smooth "
-     "pictures with realistic colours; DPM-Solver++ balances speed and quality; Karras high detail; LMS realistic and "
-     f"smooth ({DOC}, 'Comparing samplers'). The lab measures it: every sampler at every step count and schedule, "
-     "each picture's error against a converged reference (a run with many steps)."),
-    ("4. Sampler and schedule", ("Sampler", "Scheduler", "Schedule_", "BasicScheduler", "KarrasScheduler"),
-     "The sampler is the algorithm that controls how the U-Net removes noise from the picture; it decides the "
-     f"picture's quality and the speed ({DOC}, 'What is a sampler'). Euler / Euler Ancestral: fast, sharp, few "
-     "steps; DPM-Solver++ / Karras: high quality, few steps; DDIM: smooth, fewer steps; LMS / PNDM: a balance of "
-     "quality and speed. The schedule gives the noise level (sigma) at each step."),
-    ("5. Denoising loop: the U-Net", ("UNetDenoise", "SamplerCustom", "KSampler"),
-     "Reverse diffusion: the U-Net with Cross-Attention removes the noise one step at a time. Its encoder shrinks "
-     "the latent, the bottleneck does Self-Attention, the decoder grows it back with skip connections; the output "
-     f"is a latent with less noise, and the loop repeats it over many steps to build the picture ({DOC}, "
-     "'U-Net in Stable Diffusion', steps 4-7)."),
-    ("6. VAE decoder: latent to pixels", ("VAEDecode",),
-     f"Finally the VAE Decoder turns the Latent Space back into a real picture, in Pixel Space ({DOC}, "
-     "'Diffusion Process', summary; 'U-Net in Stable Diffusion', step 8)."),
-    ("Plot: the schedule", ("PlotSigmas",),
-     "Each dot is one step's noise level, log sigma from the first step (left, most noise) to the last (right). "
-     "Karras spaces the steps densely near the end, where the fine details form."),
-    ("7. Result", ("SaveImage", "PreviewImage"),
-     "The picture is saved in ComfyUI's output folder and shown in the node."),
-]
+# the stages, their titles and notes: generate/stages.py
 TITLES = {  # API stem -> the title the template browser shows (the UI file's name)
     "text_to_image": "Text to Image",
     "image_to_image": "Image to Image",
@@ -241,8 +202,8 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
     """Each node's smallest size that fits its widgets, as ComfyUI's frontend computes it."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from support.browser import Browser
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
+    from browser import Browser
 
     with Browser.start() as page:
         page.open_app(url)
@@ -254,7 +215,7 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
 def main() -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
     from comfy_server import ComfyServer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

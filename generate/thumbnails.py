@@ -1,7 +1,7 @@
 """Template-browser thumbnails rendered from each bundled workflow's real output.
 
-    .host/venv/bin/python host/thumbnails.py            # every workflows/api/*.json
-    .host/venv/bin/python host/thumbnails.py NAME ...   # only these API stems
+    .host/venv/bin/python generate/thumbnails.py            # every workflows/api/*.json
+    .host/venv/bin/python generate/thumbnails.py NAME ...   # only these API stems
 
 Starts ComfyUI with the pack, queues each API graph exactly as bundled (they draw with the pack's
 embedded model: seconds each on a CPU), and writes `workflows/<Title>.jpg` beside the UI workflow
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1] / "harness")]  # generate/, harness/
 import hostenv  # noqa: E402
 from ui_workflow import title_of  # noqa: E402
 

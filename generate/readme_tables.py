@@ -1,9 +1,9 @@
 """Regenerate the README's generated sections: the sampler and schedule tables from the registries (the one
 source of truth), and "Samplers, measured" from the sampler lab's recorded run beside the source document's ratings.
 
-    .host/venv/bin/python host/readme_tables.py          # rewrite README.md in place
-    .host/venv/bin/python host/readme_tables.py --check  # exit 1 if README.md is out of date
-    .host/venv/bin/python host/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
+    .host/venv/bin/python generate/readme_tables.py          # rewrite README.md in place
+    .host/venv/bin/python generate/readme_tables.py --check  # exit 1 if README.md is out of date
+    .host/venv/bin/python generate/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
                                                          # minutes on a CPU) into lab/readme_run/, then rewrite
 
 tests/pure/test_readme.py runs the check, so the README's lists stay current, and checks that the
@@ -11,10 +11,8 @@ recorded run covers every registered sampler.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +24,9 @@ LAB_COMMAND = ("bench/sampler_lab.py --samplers all --steps 5,10,20,40 --schedul
 
 
 def pack():
-    """The pack's pure rooms as `diffusion_anatomy`, without running its ComfyUI-facing __init__."""
-    if "diffusion_anatomy" not in sys.modules:
-        module = types.ModuleType("diffusion_anatomy")
-        module.__path__ = [str(REPO)]
-        sys.modules["diffusion_anatomy"] = module
+    """The pack's registries (samplers, schedules), imported as `diffusion_anatomy` without ComfyUI."""
+    if str(REPO / "harness") not in sys.path:
+        sys.path.insert(0, str(REPO / "harness"))  # harness/diffusion_anatomy.py: the repo root as the package
     import diffusion_anatomy.samplers as samplers
     import diffusion_anatomy.samplers.schedules as schedules
 
@@ -124,7 +120,6 @@ def lab_section(run: Path = LAB_RUN) -> str:
 
     rows = read_lab_run(run)
     cells = [sweep.Cell(r["sampler"], r["schedule"], r["steps"], r["nfe"], r["seconds"], r["error"]) for r in rows]
-    result = sweep.SweepResult(cells, {}, 0.0, 0.0, list(dict.fromkeys(c.sampler for c in cells)), [], list(LAB_STEPS))
     ranked = [c for c in cells if sweep.against(samplers.REGISTRY[c.sampler]) != sweep.Against.ODE_NO_LIMIT]
     rank_result = sweep.SweepResult(ranked, {}, 0.0, 0.0, [], [], [])
     r10, r40 = report.ranks_at_nfe(rank_result, 10), report.ranks_at_nfe(rank_result, 40)
@@ -163,7 +158,7 @@ def main() -> int:
     new = updated(text)
     if "--check" in sys.argv:
         if new != text:
-            print("README.md's sampler tables are out of date: run host/readme_tables.py")
+            print("README.md's sampler tables are out of date: run generate/readme_tables.py")
             return 1
         return 0
     path.write_text(new)

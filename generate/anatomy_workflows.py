@@ -1,12 +1,12 @@
 """The bundled anatomy workflows: written from the stage lists below, in both formats, and rendered.
 
-    .host/venv/bin/python host/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/Anatomy *.json
-    .host/venv/bin/python host/thumbnails.py anatomy_tokens ...  # then their template thumbnails (workflows/README.md)
-    .host/venv/bin/python host/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
+    .host/venv/bin/python generate/anatomy_workflows.py            # writes workflows/api/anatomy_*.json and workflows/Anatomy *.json
+    .host/venv/bin/python generate/thumbnails.py anatomy_tokens ...  # then their template thumbnails (workflows/README.md)
+    .host/venv/bin/python generate/anatomy_workflows.py --render   # also runs each API graph and copies its pictures to docs/anatomy/
 
-Each workflow is a list of stages in the source document's order; a stage becomes a group in the
-editor with a Note that says, in the document's words, what happens there. The editor version is
-made from the API version by host/ui_workflow.py (nodes carry `_meta.group` and `_meta.note`).
+Each workflow is a list of stages in the source document's order (titles and notes: generate/stages.py); a stage
+becomes a group in the editor with a Note that says, in the document's words, what happens there. The editor version is
+made from the API version by generate/ui_workflow.py (nodes carry `_meta.group` and `_meta.note`).
 """
 from __future__ import annotations
 
@@ -18,41 +18,13 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(REPO / "harness")]  # generate/, harness/
+from stages import ANATOMY, Stage  # noqa: E402
 
 EMBEDDED = "DiffusionAnatomy/tiny_shapes_sd1.safetensors"
 PROMPT = "a large red circle at the top left on a blue background"
 P = "DiffusionAnatomy"
 
-NOTES = {
-    "model": "Stable Diffusion is three models: CLIP reads the text, the U-Net removes noise in the latent space, the VAE turns the "
-             "latent into a picture. This is the pack's embedded tiny model (64x64 pictures of coloured shapes).",
-    "text": "CLIP turns the prompt into tokens (77 per chunk: BOS, up to 75 words, EOS, padding) and then into the conditioning the "
-            "U-Net's cross-attention reads.",
-    "tokens": "Tokens: how CLIP reads the prompt: byte-pair pieces, their ids, the weights from (word:1.2), BOS/EOS/padding.",
-    "sample": "Reverse diffusion (denoising): start from pure Gaussian noise and let the U-Net remove noise step by step, guided by "
-              "the prompt (classifier-free guidance), as the sampler and the schedule say.",
-    "forward": "Forward diffusion: take the real picture x0 and add Gaussian noise step by step (a Markov chain): x_t = sqrt(abar_t) x0 "
-               "+ sqrt(1 - abar_t) eps. Each picture is labelled with t, sigma_t and sqrt(abar_t).",
-    "reverse_from_t": "Reverse diffusion from a chosen point: the latent noised to t = 500 goes back into U-Net Denoise (add_noise "
-                      "off, the sigmas from t down to 0), and the U-Net brings a picture back.",
-    "steps": "Denoising Steps: the recorder wraps the sampler and keeps what it does at every step: the noisy x_t and the U-Net's "
-             "prediction of the clean picture x0. The sampling itself is unchanged; the strip updates live while it runs.",
-    "latent": "The latent space: the U-Net works on a latent 8 times smaller each side (4x64x64 for 512x512; 4x8x8 here). The VAE "
-              "decoder turns it into the picture.",
-    "capture": "The U-Net inside: two capture nodes patch the MODEL through ComfyUI's own hooks (attention patches, block patches) "
-               "to watch cross-attention (the words of the prompt meet places in the picture) and each level of the U while it denoises.",
-    "capture_attention": "The U-Net inside: the capture node patches the MODEL through ComfyUI's own attention hooks and keeps, while the "
-                         "U-Net denoises, where cross-attention connects each word of the prompt (the text embedding) with places in the picture.",
-    "capture_levels": "The U-Net inside: the capture node patches the MODEL through ComfyUI's own block hooks and keeps the feature map "
-                      "after each level of the U (encoder, bottleneck, decoder) at one chosen denoising step.",
-    "levels": "U-Net levels: the encoder goes down (64x64 -> 8x8 for SD1.5 at 512; 8x8 -> 1x1 here), the bottleneck has self- and "
-              "cross-attention, the decoder goes back up with skip connections from the encoder.",
-    "attention": "Cross-attention per word: where in the picture the U-Net looked at each word of the prompt (DAAM: summed over heads, "
-                 "layers and steps).",
-    "sigmas": "Samplers and schedules: the sampler walks a descending list of noise levels sigma from pure noise to 0. Different "
-              "schedules spend their steps differently; here three side by side on a log axis.",
-}
 
 
 class Graph:
@@ -62,22 +34,22 @@ class Graph:
         self.nodes: dict[str, dict] = {}
         self.stages: list[tuple[str, str, list[str]]] = []  # (title, note, node ids)
 
-    def stage(self, title: str, note: str) -> None:
-        self.stages.append((title, note, []))
+    def stage(self, stage: Stage) -> None:
+        self.stages.append((stage.title, stage.note, []))
 
     def add(self, class_type: str, title: str | None = None, **inputs) -> str:
         nid = str(len(self.nodes) + 1)
         group, note, _ = self.stages[-1]
-        meta = {**({"title": title} if title else {}), "group": group, "note": note}  # host/ui_workflow.py makes groups and notes of them
+        meta = {**({"title": title} if title else {}), "group": group, "note": note}  # generate/ui_workflow.py makes groups and notes of them
         self.nodes[nid] = {"class_type": class_type, "inputs": inputs, "_meta": meta}
         self.stages[-1][2].append(nid)
         return nid
 
 
 def base(g: Graph, prompt: str = PROMPT) -> dict:
-    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    g.stage(ANATOMY["model"])
     ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
-    g.stage("2. Text -> CLIP -> conditioning", NOTES["text"])
+    g.stage(ANATOMY["text"])
     pos = g.add(f"{P}CLIPTextEncode", "Positive prompt", clip=[ckpt, 1], text=prompt)
     neg = g.add(f"{P}CLIPTextEncode", "Negative prompt", clip=[ckpt, 1], text="")
     return {"ckpt": ckpt, "pos": pos, "neg": neg}
@@ -85,7 +57,7 @@ def base(g: Graph, prompt: str = PROMPT) -> dict:
 
 def text_to_image(g: Graph, n: dict, sampler_node: list | None = None, steps: int = 20, seed: int = 42, stage: bool = True) -> str:
     if stage:
-        g.stage("Reverse diffusion: noise -> picture", NOTES["sample"])
+        g.stage(ANATOMY["sample"])
     latent = g.add(f"{P}EmptyLatent", model=[n["ckpt"], 0], width=64, height=64, batch_size=1)
     sigmas = g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler="karras", steps=steps, denoise=1.0)
     if sampler_node is None:
@@ -99,17 +71,17 @@ def save(g: Graph, image: list, prefix: str) -> str:
 
 
 def tokens(g: Graph, n: dict) -> None:
-    g.stage("Tokens: how CLIP reads the prompt", NOTES["tokens"])
+    g.stage(ANATOMY["tokens"])
     t = g.add(f"{P}Tokens", clip=[n["ckpt"], 1], text="a large (red:1.2) circle at the top left on a blue background", show_padding=False)
     save(g, [t, 0], "anatomy_tokens")
 
 
 def forward(g: Graph, n: dict, x0: str) -> None:
-    g.stage("Forward diffusion: picture -> noise", NOTES["forward"])
+    g.stage(ANATOMY["forward"])
     f = g.add(f"{P}ForwardDiffusion", model=[n["ckpt"], 0], vae=[n["ckpt"], 2], seed=7, count=6, timesteps="0, 100, 250, 500, 750, 999",
               chosen_t=500, steps=10, latent=[x0, 0])
     save(g, [f, 0], "anatomy_forward")
-    g.stage("Reverse diffusion from t = 500", NOTES["reverse_from_t"])
+    g.stage(ANATOMY["reverse_from_t"])
     sampler = g.add(f"{P}SamplerSelect", "Euler", sampler="euler")
     back = g.add(f"{P}UNetDenoise", model=[n["ckpt"], 0], positive=[n["pos"], 0], negative=[n["neg"], 0], latent_image=[f, 1],
                  sampler=[sampler, 0], sigmas=[f, 2], cfg=5.0, seed=0, add_noise=False)
@@ -118,7 +90,7 @@ def forward(g: Graph, n: dict, x0: str) -> None:
 
 
 def steps_view(g: Graph, n: dict) -> str:
-    g.stage("Reverse diffusion, step by step", NOTES["steps"])
+    g.stage(ANATOMY["steps"])
     sampler = g.add(f"{P}Sampler_dpmpp_2m", "DPM++ 2M")
     rec = g.add(f"{P}DenoisingStepsRecorder", sampler=[sampler, 0], every=2, live_preview=True, vae=[n["ckpt"], 2])
     out = text_to_image(g, n, [rec, 0], stage=False)
@@ -128,7 +100,7 @@ def steps_view(g: Graph, n: dict) -> str:
 
 
 def latent_view(g: Graph, n: dict, out: str) -> None:
-    g.stage("The latent and the VAE decoder", NOTES["latent"])
+    g.stage(ANATOMY["latent"])
     v = g.add(f"{P}LatentChannels", samples=[out, 0], model=[n["ckpt"], 0], vae=[n["ckpt"], 2])
     save(g, [v, 0], "anatomy_latent_channels")
     dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
@@ -137,14 +109,14 @@ def latent_view(g: Graph, n: dict, out: str) -> None:
 
 def captures(g: Graph, n: dict) -> None:
     """Route the MODEL through the cross-attention and U-Net levels captures; sampling then uses n["model"]."""
-    g.stage("The U-Net inside: capture while it denoises", NOTES["capture"])
+    g.stage(ANATOMY["capture"])
     attn = g.add(f"{P}CrossAttentionCapture", model=[n["ckpt"], 0])
     levels = g.add(f"{P}UNetLevelsCapture", model=[attn, 0], step=10)
     n.update(model=[levels, 0], attention=attn, levels=levels)
 
 
 def inside_views(g: Graph, n: dict, out: str) -> None:
-    g.stage("U-Net levels and cross-attention per word", NOTES["levels"] + " " + NOTES["attention"])
+    g.stage(ANATOMY["inside"])
     dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
     levels = g.add(f"{P}UNetLevelsView", levels=[n["levels"], 1], image=[dec, 0], mode="pca_rgb")
     save(g, [levels, 0], "anatomy_unet_levels")
@@ -155,16 +127,16 @@ def inside_views(g: Graph, n: dict, out: str) -> None:
 def cross_attention() -> Graph:
     """Cross-attention per word on its own: one prompt feeds both the text encoder and the view, so their words agree."""
     g = Graph()
-    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    g.stage(ANATOMY["model"])
     ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
-    g.stage("2. Text -> CLIP -> conditioning", NOTES["text"])
+    g.stage(ANATOMY["text"])
     prompt = g.add("PrimitiveStringMultiline", "Prompt (one text for the encoder and the view)", value=PROMPT)
     pos = g.add(f"{P}CLIPTextEncode", "Positive prompt", clip=[ckpt, 1], text=[prompt, 0])
     neg = g.add(f"{P}CLIPTextEncode", "Negative prompt", clip=[ckpt, 1], text="")
-    g.stage("The U-Net inside: capture cross-attention", NOTES["capture_attention"])
+    g.stage(ANATOMY["capture_attention"])
     attn = g.add(f"{P}CrossAttentionCapture", model=[ckpt, 0])
     out = text_to_image(g, {"ckpt": ckpt, "pos": pos, "neg": neg, "model": [attn, 0]})
-    g.stage("Cross-attention per word", NOTES["attention"])
+    g.stage(ANATOMY["attention"])
     dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[ckpt, 2], tiled=False, tile_size=512)
     words = g.add(f"{P}CrossAttentionView", attention_maps=[attn, 1], image=[dec, 0], clip=[ckpt, 1], text=[prompt, 0], words="")
     save(g, [words, 0], "anatomy_cross_attention")
@@ -174,10 +146,10 @@ def cross_attention() -> Graph:
 def unet_levels() -> Graph:
     """The U-Net's levels on their own: the feature maps at step 10 of 20, laid out as the U."""
     g = Graph(); n = base(g)
-    g.stage("The U-Net inside: capture each level", NOTES["capture_levels"])
+    g.stage(ANATOMY["capture_levels"])
     capture = g.add(f"{P}UNetLevelsCapture", model=[n["ckpt"], 0], step=10)
     out = text_to_image(g, {**n, "model": [capture, 0]})
-    g.stage("U-Net levels: down, bottleneck, up", NOTES["levels"])
+    g.stage(ANATOMY["levels"])
     dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[n["ckpt"], 2], tiled=False, tile_size=512)
     view = g.add(f"{P}UNetLevelsView", levels=[capture, 1], image=[dec, 0], mode="pca_rgb")
     save(g, [view, 0], "anatomy_unet_levels")
@@ -185,7 +157,7 @@ def unet_levels() -> Graph:
 
 
 def sigma_view(g: Graph, n: dict) -> None:
-    g.stage("Samplers walk a noise schedule", NOTES["sigmas"])
+    g.stage(ANATOMY["sigmas"])
     ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
     plot = g.add(f"{P}PlotSigmas", sigmas=[ids[0], 0], sigmas_2=[ids[1], 0], sigmas_3=[ids[2], 0], width=640, height=360,
                  log_sigma=True, labels="karras, normal, exponential")
