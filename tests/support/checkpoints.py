@@ -1,10 +1,16 @@
 """Random checkpoints in the original LDM single-file layout, built from ComfyUI's own modules.
 
 - `sd15_random_checkpoint(host, seed)`: a full-size SD1.5 `.safetensors` (U-Net, VAE, CLIP-L text
-  model, DDPM schedule buffers) with seeded random weights, written once to
-  `<repo>/.cache/fixtures/sd15_random_<seed>.safetensors` and reused. Stored in fp16 (2.1 GB
-  instead of 4.3 GB); tests upcast to fp32 on load, and both models under test read the same
-  upcast values, so parity is unaffected.
+  model, DDPM schedule buffers) with seeded random weights, at `<repo>/.cache/fixtures/sd15_random_<seed>.safetensors`.
+  Stored in fp16 (2.1 GB instead of 4.3 GB); tests upcast to fp32 on load, and both models under
+  test read the same upcast values, so parity is unaffected.
+- `cached_random_checkpoint(link, meta, seed, dtype)`: how such big files are kept. The file is
+  written once into a cache shared by every clone (`$DA_FIXTURE_CACHE`, default `<host dir>/fixtures`,
+  beside the host install that outlives a fresh clone), named by a hash of its recipe (every key's
+  name, shape and dtype, the real tensors' bytes, the seed, the code of `random_tensor`), and the
+  repository's `.cache/fixtures/` holds a symlink to it under the name the tests use. A changed recipe
+  (another ComfyUI's shapes, a new value rule) is a new name, never a stale file; concurrent runs
+  (pytest-xdist workers, other clones) wait on a lock instead of writing it twice.
 - `sd15_keys` / `sd21_keys` / `sdxl_keys`: name -> meta tensor (key layout and shapes only) of the
   real checkpoints of each family, from ComfyUI's models built on the meta device.
 - `comfy_unet(host, config)`: ComfyUI's `UNetModel` for one of our `UNetConfig`s.
@@ -17,6 +23,9 @@ the 2.1 GB file peaks at the largest single tensor (~150 MB for CLIP's token emb
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -242,12 +251,48 @@ def write_random_checkpoint(
     return path
 
 
+def fixture_cache() -> Path:
+    """Where big generated fixtures are kept between runs and clones (see the module docstring)."""
+    import hostenv
+
+    return Path(os.environ.get("DA_FIXTURE_CACHE", hostenv.host_dir() / "fixtures")).resolve()
+
+
+def recipe_key(meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype) -> str:
+    """A hash of everything that decides a random checkpoint's bytes (what `write_random_checkpoint` reads)."""
+    h = hashlib.sha256()
+    h.update(inspect.getsource(random_tensor).encode())
+    h.update(inspect.getsource(write_random_checkpoint).encode())
+    h.update(f"{seed} {dtype}".encode())
+    for name, t in meta.items():  # order matters: it is the file's order
+        h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+        if t.device.type != "meta":
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_random_checkpoint(link: Path, meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype) -> Path:
+    """`link` (in the repo's .cache) -> the shared cache's file for this recipe, written on first use."""
+    cache = fixture_cache()
+    target = cache / f"{link.stem}-{recipe_key(meta, seed, dtype)}{link.suffix}"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f".{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be writing it: wait, then find it written
+            if not target.is_file():
+                write_random_checkpoint(target, meta, seed, dtype)
+    if not (link.is_symlink() and link.resolve() == target):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)  # atomic: a reader sees the old file or the new one
+    return link
+
+
 def sd15_random_checkpoint(host, seed: int = 0) -> Path:
-    """The cached full-size random SD1.5 checkpoint (fp16), generated on first use."""
-    path = FIXTURES / f"sd15_random_{seed}.safetensors"
-    if not path.is_file():
-        write_random_checkpoint(path, sd15_keys(host), seed, torch.float16)
-    return path
+    """The full-size random SD1.5 checkpoint (fp16), from the shared cache (generated on first use)."""
+    return cached_random_checkpoint(FIXTURES / f"sd15_random_{seed}.safetensors", sd15_keys(host), seed, torch.float16)
 
 
 def tiny_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
