@@ -46,6 +46,16 @@ def sd15(comfy) -> str:
 
 
 @pytest.fixture(scope="session")
+def sd15_small(comfy) -> str:
+    """File name of a small seeded random SD1.5-layout checkpoint (SD1.5's widths, VAE and CLIP; a U-Net of two
+    levels, support/checkpoints.py `sd15_small_config`) that core's and the pack's loaders both read as SD1.5: for
+    tests of the pipeline, the nodes and their errors, where the U-Net's full depth is not what is tested."""
+    from support.checkpoints import sd15_small_checkpoint
+
+    return sd15_small_checkpoint(comfy).name
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """One real ComfyUI server with the pack loaded, for the whole run."""
     from comfy_server import ComfyServer

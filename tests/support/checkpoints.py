@@ -116,8 +116,9 @@ def _schedule_buffers() -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in buffers.items()}
 
 
-def sd15_keys(host) -> dict[str, torch.Tensor]:
-    """Every tensor of an SD1.5 single-file checkpoint, as meta tensors (the schedule buffers are real)."""
+def sd15_keys(host, unet_config=None) -> dict[str, torch.Tensor]:
+    """Every tensor of an SD1.5 single-file checkpoint, as meta tensors (the schedule buffers are real);
+    `unet_config` (default: the SD15 preset) replaces the U-Net's shape."""
     import comfy.clip_model
     import comfy.ops
     from diffusion_anatomy.unet import SD15
@@ -127,7 +128,7 @@ def sd15_keys(host) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float32, "meta", comfy.ops.disable_weight_init)
     text_model = {k: v for k, v in clip.state_dict().items() if k.startswith("text_model.")}
-    keys = _prefixed("model.diffusion_model.", comfy_unet(host, SD15).state_dict())
+    keys = _prefixed("model.diffusion_model.", comfy_unet(host, unet_config or SD15).state_dict())
     keys |= _comfy_vae_keys()
     keys |= _prefixed("cond_stage_model.transformer.", text_model)
     # saved by transformers' CLIPTextModel and present in the released SD1.5 files
@@ -258,12 +259,12 @@ def fixture_cache() -> Path:
     return Path(os.environ.get("DA_FIXTURE_CACHE", hostenv.host_dir() / "fixtures")).resolve()
 
 
-def recipe_key(meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype) -> str:
+def recipe_key(meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype, metadata: Mapping[str, str] | None = None) -> str:
     """A hash of everything that decides a random checkpoint's bytes (what `write_random_checkpoint` reads)."""
     h = hashlib.sha256()
     h.update(inspect.getsource(random_tensor).encode())
     h.update(inspect.getsource(write_random_checkpoint).encode())
-    h.update(f"{seed} {dtype}".encode())
+    h.update(f"{seed} {dtype} {json.dumps(dict(metadata or {}), sort_keys=True)}".encode())
     for name, t in meta.items():  # order matters: it is the file's order
         h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
         if t.device.type != "meta":
@@ -271,16 +272,17 @@ def recipe_key(meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype) 
     return h.hexdigest()[:16]
 
 
-def cached_random_checkpoint(link: Path, meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype) -> Path:
+def cached_random_checkpoint(link: Path, meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype,
+                             metadata: Mapping[str, str] | None = None) -> Path:
     """`link` (in the repo's .cache) -> the shared cache's file for this recipe, written on first use."""
     cache = fixture_cache()
-    target = cache / f"{link.stem}-{recipe_key(meta, seed, dtype)}{link.suffix}"
+    target = cache / f"{link.stem}-{recipe_key(meta, seed, dtype, metadata)}{link.suffix}"
     if not target.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / f".{target.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be writing it: wait, then find it written
             if not target.is_file():
-                write_random_checkpoint(target, meta, seed, dtype)
+                write_random_checkpoint(target, meta, seed, dtype, metadata)
     if not (link.is_symlink() and link.resolve() == target):
         link.parent.mkdir(parents=True, exist_ok=True)
         tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
@@ -293,6 +295,30 @@ def cached_random_checkpoint(link: Path, meta: Mapping[str, torch.Tensor], seed:
 def sd15_random_checkpoint(host, seed: int = 0) -> Path:
     """The full-size random SD1.5 checkpoint (fp16), from the shared cache (generated on first use)."""
     return cached_random_checkpoint(FIXTURES / f"sd15_random_{seed}.safetensors", sd15_keys(host), seed, torch.float16)
+
+
+def sd15_small_config():
+    """SD1.5's U-Net cut to two levels of one ResBlock each: every block kind (ResBlock, SpatialTransformer with
+    self- and cross-attention, Downsample, middle block, skip concat, Upsample) at SD1.5's widths 320 and 640, 8 heads,
+    context 768. Those widths are what core's `supported_models.SD15.matches` requires (model_channels 320, context
+    768), so core's CheckpointLoaderSimple reads it as SD1.5 too; the depths are read from the shapes by both loaders."""
+    import dataclasses
+
+    from diffusion_anatomy.unet import SD15
+
+    return dataclasses.replace(SD15, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(1, 1))
+
+
+def sd15_small_checkpoint(host, seed: int = 0) -> Path:
+    """A small SD1.5-layout checkpoint (fp16, ~0.5 GB): the U-Net of `sd15_small_config`, SD1.5's full VAE and CLIP-L
+    (core builds those at fixed shapes), the schedule buffers. The pack reads the U-Net's shape from the file's
+    `diffusion_anatomy.config` metadata (it matches no preset), core from the tensors' shapes."""
+    from diffusion_anatomy.checkpoint.detect import CONFIG_METADATA_KEY, FAMILY_METADATA_KEY
+
+    config = sd15_small_config()
+    metadata = {CONFIG_METADATA_KEY: config.to_json(), FAMILY_METADATA_KEY: "sd15"}
+    return cached_random_checkpoint(FIXTURES / f"sd15_small_{seed}.safetensors", sd15_keys(host, config), seed,
+                                    torch.float16, metadata)
 
 
 def tiny_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
