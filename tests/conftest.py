@@ -29,6 +29,18 @@ if PACK not in sys.modules:
 import hostenv  # noqa: E402  (host/hostenv.py: where the host ComfyUI lives)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`) each worker runs its own session: its own `comfy` import, its own server on a
+    free port with its own work folder (tmp_path_factory is per worker), its own Chromium. The cores are shared
+    out so that N workers and their servers do not oversubscribe them (torch's default is one thread per core,
+    and on a 2-core machine two workers at two threads each spend their time spinning on each other)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)  # read by torch here and by the servers this worker starts
+        os.environ.setdefault("MKL_NUM_THREADS", threads)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI's modules, imported in-process once per test run (CPU)."""
