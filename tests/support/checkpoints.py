@@ -4,10 +4,12 @@
   model, DDPM schedule buffers) with seeded random weights, at `<repo>/.cache/fixtures/sd15_random_<seed>.safetensors`.
   Stored in fp16 (2.1 GB instead of 4.3 GB); tests upcast to fp32 on load, and both models under
   test read the same upcast values, so parity is unaffected.
+- `sd15_small_checkpoint(host, seed)`: the same layout with a two-level U-Net (`sd15_small_config`, 0.63 GB),
+  which core's and the pack's loaders both read as SD1.5, for tests where the U-Net's depth is not under test.
 - `cached_random_checkpoint(link, meta, seed, dtype)`: how such big files are kept. The file is
   written once into a cache shared by every clone (`$DA_FIXTURE_CACHE`, default `<host dir>/fixtures`,
   beside the host install that outlives a fresh clone), named by a hash of its recipe (every key's
-  name, shape and dtype, the real tensors' bytes, the seed, the code of `random_tensor`), and the
+  name, shape and dtype, the real tensors' bytes, seed, metadata, the code that draws and writes), and the
   repository's `.cache/fixtures/` holds a symlink to it under the name the tests use. A changed recipe
   (another ComfyUI's shapes, a new value rule) is a new name, never a stale file; concurrent runs
   (pytest-xdist workers, other clones) wait on a lock instead of writing it twice.
@@ -310,7 +312,7 @@ def sd15_small_config():
 
 
 def sd15_small_checkpoint(host, seed: int = 0) -> Path:
-    """A small SD1.5-layout checkpoint (fp16, ~0.5 GB): the U-Net of `sd15_small_config`, SD1.5's full VAE and CLIP-L
+    """A small SD1.5-layout checkpoint (fp16, 0.63 GB): the U-Net of `sd15_small_config`, SD1.5's full VAE and CLIP-L
     (core builds those at fixed shapes), the schedule buffers. The pack reads the U-Net's shape from the file's
     `diffusion_anatomy.config` metadata (it matches no preset), core from the tensors' shapes."""
     from diffusion_anatomy.checkpoint.detect import CONFIG_METADATA_KEY, FAMILY_METADATA_KEY
