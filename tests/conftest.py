@@ -21,6 +21,18 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "generate"), str(ROOT / "harness
 import hostenv  # noqa: E402  (harness/hostenv.py: where the host ComfyUI lives)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`-n N`) each worker runs its own session: its own `comfy` import, its own server on a
+    free port with its own work folder (tmp_path_factory is per worker), its own Chromium. The cores are shared
+    out so that N workers and their servers do not oversubscribe them (torch's default is one thread per core,
+    and on a 2-core machine two workers at two threads each spend their time spinning on each other)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ.setdefault("OMP_NUM_THREADS", threads)  # read by torch here and by the servers this worker starts
+        os.environ.setdefault("MKL_NUM_THREADS", threads)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI's modules, imported in-process once per test run (CPU)."""
@@ -35,6 +47,16 @@ def sd15(comfy) -> str:
     from support.checkpoints import sd15_random_checkpoint
 
     return sd15_random_checkpoint(comfy).name
+
+
+@pytest.fixture(scope="session")
+def sd15_small(comfy) -> str:
+    """File name of a small seeded random SD1.5-layout checkpoint (SD1.5's widths, VAE and CLIP; a U-Net of two
+    levels, support/checkpoints.py `sd15_small_config`) that core's and the pack's loaders both read as SD1.5: for
+    tests of the pipeline, the nodes and their errors, where the U-Net's full depth is not what is tested."""
+    from support.checkpoints import sd15_small_checkpoint
+
+    return sd15_small_checkpoint(comfy).name
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,18 @@
 """Random checkpoints in the original LDM single-file layout, built from ComfyUI's own modules.
 
 - `sd15_random_checkpoint(host, seed)`: a full-size SD1.5 `.safetensors` (U-Net, VAE, CLIP-L text
-  model, DDPM schedule buffers) with seeded random weights, written once to
-  `<repo>/.cache/fixtures/sd15_random_<seed>.safetensors` and reused. Stored in fp16 (2.1 GB
-  instead of 4.3 GB); tests upcast to fp32 on load, and both models under test read the same
-  upcast values, so parity is unaffected.
+  model, DDPM schedule buffers) with seeded random weights, at `<repo>/.cache/fixtures/sd15_random_<seed>.safetensors`.
+  Stored in fp16 (2.1 GB instead of 4.3 GB); tests upcast to fp32 on load, and both models under
+  test read the same upcast values, so parity is unaffected.
+- `sd15_small_checkpoint(host, seed)`: the same layout with a two-level U-Net (`sd15_small_config`, 0.63 GB),
+  which core's and the pack's loaders both read as SD1.5, for tests where the U-Net's depth is not under test.
+- `cached_random_checkpoint(link, meta, seed, dtype)`: how such big files are kept. The file is
+  written once into a cache shared by every clone (`$DA_FIXTURE_CACHE`, default `<host dir>/fixtures`,
+  beside the host install that outlives a fresh clone), named by a hash of its recipe (every key's
+  name, shape and dtype, the real tensors' bytes, seed, metadata, the code that draws and writes), and the
+  repository's `.cache/fixtures/` holds a symlink to it under the name the tests use. A changed recipe
+  (another ComfyUI's shapes, a new value rule) is a new name, never a stale file; concurrent runs
+  (pytest-xdist workers, other clones) wait on a lock instead of writing it twice.
 - `sd15_keys` / `sd21_keys` / `sdxl_keys`: name -> meta tensor (key layout and shapes only) of the
   real checkpoints of each family, from ComfyUI's models built on the meta device.
 - `comfy_unet(host, config)`: ComfyUI's `UNetModel` for one of our `UNetConfig`s.
@@ -17,6 +25,9 @@ the 2.1 GB file peaks at the largest single tensor (~150 MB for CLIP's token emb
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import inspect
 import json
 import math
 import os
@@ -107,8 +118,9 @@ def _schedule_buffers() -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in buffers.items()}
 
 
-def sd15_keys(host) -> dict[str, torch.Tensor]:
-    """Every tensor of an SD1.5 single-file checkpoint, as meta tensors (the schedule buffers are real)."""
+def sd15_keys(host, unet_config=None) -> dict[str, torch.Tensor]:
+    """Every tensor of an SD1.5 single-file checkpoint, as meta tensors (the schedule buffers are real);
+    `unet_config` (default: the SD15 preset) replaces the U-Net's shape."""
     import comfy.clip_model
     import comfy.ops
     from diffusion_anatomy.unet import SD15
@@ -118,7 +130,7 @@ def sd15_keys(host) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         clip = comfy.clip_model.CLIPTextModel(clip_config, torch.float32, "meta", comfy.ops.disable_weight_init)
     text_model = {k: v for k, v in clip.state_dict().items() if k.startswith("text_model.")}
-    keys = _prefixed("model.diffusion_model.", comfy_unet(host, SD15).state_dict())
+    keys = _prefixed("model.diffusion_model.", comfy_unet(host, unet_config or SD15).state_dict())
     keys |= _comfy_vae_keys()
     keys |= _prefixed("cond_stage_model.transformer.", text_model)
     # saved by transformers' CLIPTextModel and present in the released SD1.5 files
@@ -242,12 +254,73 @@ def write_random_checkpoint(
     return path
 
 
+def fixture_cache() -> Path:
+    """Where big generated fixtures are kept between runs and clones (see the module docstring)."""
+    import hostenv
+
+    return Path(os.environ.get("DA_FIXTURE_CACHE", hostenv.host_dir() / "fixtures")).resolve()
+
+
+def recipe_key(meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype, metadata: Mapping[str, str] | None = None) -> str:
+    """A hash of everything that decides a random checkpoint's bytes (what `write_random_checkpoint` reads)."""
+    h = hashlib.sha256()
+    h.update(inspect.getsource(random_tensor).encode())
+    h.update(inspect.getsource(write_random_checkpoint).encode())
+    h.update(f"{seed} {dtype} {json.dumps(dict(metadata or {}), sort_keys=True)}".encode())
+    for name, t in meta.items():  # order matters: it is the file's order
+        h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+        if t.device.type != "meta":
+            h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_random_checkpoint(link: Path, meta: Mapping[str, torch.Tensor], seed: int, dtype: torch.dtype,
+                             metadata: Mapping[str, str] | None = None) -> Path:
+    """`link` (in the repo's .cache) -> the shared cache's file for this recipe, written on first use."""
+    cache = fixture_cache()
+    target = cache / f"{link.stem}-{recipe_key(meta, seed, dtype, metadata)}{link.suffix}"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / f".{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be writing it: wait, then find it written
+            if not target.is_file():
+                write_random_checkpoint(target, meta, seed, dtype, metadata)
+    if not (link.is_symlink() and link.resolve() == target):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)  # atomic: a reader sees the old file or the new one
+    return link
+
+
 def sd15_random_checkpoint(host, seed: int = 0) -> Path:
-    """The cached full-size random SD1.5 checkpoint (fp16), generated on first use."""
-    path = FIXTURES / f"sd15_random_{seed}.safetensors"
-    if not path.is_file():
-        write_random_checkpoint(path, sd15_keys(host), seed, torch.float16)
-    return path
+    """The full-size random SD1.5 checkpoint (fp16), from the shared cache (generated on first use)."""
+    return cached_random_checkpoint(FIXTURES / f"sd15_random_{seed}.safetensors", sd15_keys(host), seed, torch.float16)
+
+
+def sd15_small_config():
+    """SD1.5's U-Net cut to two levels of one ResBlock each: every block kind (ResBlock, SpatialTransformer with
+    self- and cross-attention, Downsample, middle block, skip concat, Upsample) at SD1.5's widths 320 and 640, 8 heads,
+    context 768. Those widths are what core's `supported_models.SD15.matches` requires (model_channels 320, context
+    768), so core's CheckpointLoaderSimple reads it as SD1.5 too; the depths are read from the shapes by both loaders."""
+    import dataclasses
+
+    from diffusion_anatomy.unet import SD15
+
+    return dataclasses.replace(SD15, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(1, 1))
+
+
+def sd15_small_checkpoint(host, seed: int = 0) -> Path:
+    """A small SD1.5-layout checkpoint (fp16, 0.63 GB): the U-Net of `sd15_small_config`, SD1.5's full VAE and CLIP-L
+    (core builds those at fixed shapes), the schedule buffers. The pack reads the U-Net's shape from the file's
+    `diffusion_anatomy.config` metadata (it matches no preset), core from the tensors' shapes."""
+    from diffusion_anatomy.checkpoint.detect import CONFIG_METADATA_KEY, FAMILY_METADATA_KEY
+
+    config = sd15_small_config()
+    metadata = {CONFIG_METADATA_KEY: config.to_json(), FAMILY_METADATA_KEY: "sd15"}
+    return cached_random_checkpoint(FIXTURES / f"sd15_small_{seed}.safetensors", sd15_keys(host, config), seed,
+                                    torch.float16, metadata)
 
 
 def tiny_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:

@@ -6,8 +6,8 @@
 - `sd15_random_t2i_adapter(host, seed)`: `comfy.t2i_adapter.adapter.Adapter` as the SD1.5 "full"
   T2I-Adapters are (RGB in, pixel-unshuffle by 8, widths 320/640/1280/1280, two blocks a level).
 
-Both are written once to `<repo>/.cache/fixtures/controlnet/` (a folder the test server lists as
-ComfyUI's `controlnet` folder) and reused. Values as `checkpoints.random_tensor`: variance 1/fan_in,
+Both live in `<repo>/.cache/fixtures/controlnet/` (a folder the test server lists as ComfyUI's
+`controlnet` folder) as links into the shared fixture cache, keyed by recipe (`checkpoints.cached_random_checkpoint`). Values as `checkpoints.random_tensor`: variance 1/fan_in,
 so the zero convolutions (random, not zero here) give residuals of the size of the activations and
 the control visibly changes what the U-Net predicts.
 """
@@ -17,15 +17,13 @@ from pathlib import Path
 
 import torch
 
-from support.checkpoints import FIXTURES, comfy_unet_kwargs, write_random_checkpoint
+from support.checkpoints import FIXTURES, cached_random_checkpoint, comfy_unet_kwargs
 
 CONTROLNETS = FIXTURES / "controlnet"
 
 
 def _written(path: Path, module_on_meta, seed: int) -> Path:
-    if not path.is_file():
-        write_random_checkpoint(path, module_on_meta().state_dict(), seed, torch.float16)
-    return path
+    return cached_random_checkpoint(path, module_on_meta().state_dict(), seed, torch.float16)
 
 
 def sd15_random_controlnet(host, seed: int = 0) -> Path:
