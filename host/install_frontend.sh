@@ -20,18 +20,7 @@ trap 'rm -rf "$dl"' EXIT
 say "downloading comfyui-frontend-package==$version (pip download, no dependencies)"
 "$py" -m pip download --disable-pip-version-check --no-deps -q -d "$dl" "comfyui-frontend-package==$version" \
   || die "pip could not download comfyui-frontend-package==$version"
-"$py" - "$dl"/comfyui_frontend_package-*.whl "$dl/unpacked" <<'PY'
-import sys, zipfile
-from pathlib import Path
-wheel, dest = sys.argv[1], Path(sys.argv[2])
-prefix = "comfyui_frontend_package/static/"
-with zipfile.ZipFile(wheel) as z:
-    for name in z.namelist():
-        if name.startswith(prefix) and not name.endswith("/"):
-            out = dest / name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(z.read(name))
-PY
+"$py" -m zipfile -e "$dl"/comfyui_frontend_package-*.whl "$dl/unpacked"  # the wheel is the package folder and its dist-info
 [ -f "$dl/unpacked/comfyui_frontend_package/static/index.html" ] || die "the wheel has no comfyui_frontend_package/static/index.html"
 mkdir -p "$(dirname "$dest")"
 rm -rf "$dest" && mv "$dl/unpacked" "$dest"  # whole or not at all: a second run finds it complete
