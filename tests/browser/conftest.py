@@ -73,6 +73,8 @@ def page(browser, frontend):
     """ComfyUI's frontend `frontend`, ready, with no dialog or alert open; its console recorded from
     here. The page is reloaded only when the frontend changes or a notice stays (Browser.reuse_app)."""
     browser.reuse_app(frontend.server.url, frontend.settings)
+    # what web/anatomy.js records (previews received, views sized) starts empty for each test
+    browser.evaluate("window.DiffusionAnatomy && (window.DiffusionAnatomy.livePreviews = {}, window.DiffusionAnatomy.fitted = {}); true")
     assert browser.evaluate("window.__COMFYUI_FRONTEND_VERSION__") == frontend.version
     yield browser
     browser.close_dialogs()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.browser import artifacts_dir
+from support.browser import VIEWS, artifacts_dir, overlapping
 from thumbnails import SIDE as THUMBNAIL_SIDE
 from ui_workflow import IMAGE_ROOM, slug
 
@@ -101,4 +101,34 @@ def test_image_to_image_runs_from_the_template_browser(page, frontend):
     assert fetched == written.stat().st_size
     assert np.asarray(Image.open(written).convert("RGB")).shape == (64, 64, 3)
     page.screenshot(artifacts_dir() / frontend.name / "image_to_image.png")
+    assert page.pack_errors() == []
+
+
+def test_overlap_check_can_fail():
+    assert overlapping({1: [0, 0, 100, 100], 2: [50, 99, 80, 200], 3: [100, 0, 200, 50]}) == [(1, 2)]
+
+
+RUN = [p for p in UI if p.stem != "Anatomy Tour"]  # test_anatomy_tour.py runs the tour and makes the same check
+
+
+@pytest.mark.parametrize("path", RUN, ids=[p.stem for p in RUN])
+def test_bundled_workflow_runs_and_no_node_covers_another(page, frontend, path):
+    """After the run every node that shows pictures shows them, the views have grown to theirs, and no
+    two nodes' rectangles overlap (as drawn: the Vue renderer's elements, or the canvas nodes)."""
+    open_bundled(page, path.stem)
+    assert overlapping(page.node_rects()) == []
+    outputs = page.wait_for_execution(frontend.server, page.queue(), timeout=900)
+    nodes = {n["id"]: n for n in page.nodes()}
+    for node_id, out in outputs.items():
+        if out.get("images"):
+            urls = page.node_image_urls(int(node_id))
+            assert any(f"filename={out['images'][0]['filename']}" in u for u in urls), (nodes[int(node_id)]["type"], urls)
+    views = [i for i, n in nodes.items() if n["type"] in VIEWS]
+    assert all(outputs[str(i)]["images"] for i in views)  # each view's picture, shown in its node above
+    page.wait_for(f"{json.dumps(views)}.every(i => window.DiffusionAnatomy.fitted[i])", 60, "the views sized to their pictures")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    rects = page.node_rects()
+    page.screenshot(artifacts_dir() / frontend.name / f"{path.stem} after run.png")
+    covered = overlapping(rects)
+    assert covered == [], [(nodes[a]["type"], nodes[b]["type"], rects[a], rects[b]) for a, b in covered]
     assert page.pack_errors() == []

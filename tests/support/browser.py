@@ -27,6 +27,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,7 +43,14 @@ PACK_MARKERS = (f"/extensions/{PACK_FOLDER}/", f"/workflow_templates/{PACK_FOLDE
 # The frontend asks api.comfy.org about every node type it sees (registry look-ups); offline, the
 # page's security policy blocks those requests and logs an error naming the node type. Not the pack's.
 NOT_THE_PACK = ("https://api.comfy.org/",)
+# The frontend looks for a node's help page in the user's language first (docs/<node id>/<locale>.md)
+# and falls back to docs/<node id>.md, the one the pack ships: that first 404 is the lookup, not a fault.
+LOCALISED_HELP = re.compile(rf"/extensions/{PACK_FOLDER}/docs/[^/]+/[a-zA-Z-]+\.md$")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# The pack's seven views: each shows its picture in its node, and web/anatomy.js sizes the node to it
+VIEWS = frozenset({"DiffusionAnatomyTokens", "DiffusionAnatomyForwardDiffusion", "DiffusionAnatomyDenoisingSteps",
+                   "DiffusionAnatomyLatentChannels", "DiffusionAnatomyPlotSigmas", "DiffusionAnatomyCrossAttentionView",
+                   "DiffusionAnatomyUNetLevelsView"})
 
 
 class BrowserError(RuntimeError):
@@ -57,6 +65,8 @@ class ConsoleMessage:
 
     def from_pack(self) -> bool:
         if any(m in self.text for m in NOT_THE_PACK):
+            return False
+        if self.level == "network" and LOCALISED_HELP.search(self.url):
             return False
         return any(m in self.url or m in self.text for m in PACK_MARKERS)
 
@@ -325,15 +335,31 @@ class Browser:
         return server.wait(prompt_id, timeout)["outputs"]
 
     def node_image_urls(self, node_id: int, timeout: float = 180.0) -> list[str]:
-        """The /view URLs of the images the node shows once they are loaded (node.imgs). The canvas
-        is kept centred on the node and redrawn while waiting: the frontend loads a node's images
-        only when it draws the node."""
+        """The URLs of the images the node shows once they are loaded: the <img> elements inside the
+        node's element under the Vue node renderer, else the canvas node's images (node.imgs). The
+        canvas is kept centred on the node and redrawn while waiting: the frontend loads a node's
+        images only when it draws the node."""
         return self.wait_for(f"""(() => {{ const n = app.graph.getNodeById({int(node_id)});
             if (!n) return null;
             app.canvas.centerOnNode(n); app.canvas.setDirty(true, true);
-            const imgs = n.imgs || [];
+            const el = document.querySelector('[data-node-id="{int(node_id)}"]');
+            const imgs = el ? [...el.querySelectorAll('img')] : (n.imgs || []);
             return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.src) : null; }})()""",
                              timeout, f"images in node {node_id}")
+
+    def node_rects(self) -> dict[int, list[float]]:
+        """Each node's rectangle as drawn, title bar included, in canvas units: [left, top, right, bottom].
+        Under the Vue node renderer it is the node element's box on the page (Vue draws nodes taller than
+        the sizes the graph stores), else the canvas node's pos and size plus LiteGraph's title height."""
+        return {int(k): v for k, v in self.evaluate("""(() => {
+            const c = document.querySelector('canvas#graph-canvas').getBoundingClientRect(), ds = app.canvas.ds;
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            return Object.fromEntries(app.graph._nodes.map(n => {
+                const el = document.querySelector(`[data-node-id="${n.id}"]`);
+                if (!el) return [n.id, [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]];
+                const r = el.getBoundingClientRect();
+                const x = (r.left - c.left) / ds.scale - ds.offset[0], y = (r.top - c.top) / ds.scale - ds.offset[1];
+                return [n.id, [x, y, x + r.width / ds.scale, y + r.height / ds.scale]]; })); })()""").items()}
 
     def pack_errors(self) -> list[ConsoleMessage]:
         """Console errors, uncaught exceptions and failed requests that come from the pack."""
@@ -348,6 +374,14 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
+
+
+def overlapping(rects: dict[int, list[float]]) -> list[tuple[int, int]]:
+    """Pairs of nodes whose rectangles ([left, top, right, bottom]) overlap by more than a pixel."""
+    ids = sorted(rects)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if min(rects[a][2], rects[b][2]) - max(rects[a][0], rects[b][0]) > 1
+            and min(rects[a][3], rects[b][3]) - max(rects[a][1], rects[b][1]) > 1]
 
 
 def artifacts_dir() -> Path:
