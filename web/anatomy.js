@@ -70,6 +70,7 @@ function moveBy(node, rects, dx, dy) {
 // moved ones cover, and so on; grow each group around the members it had before.
 function makeRoom(grown, { rects, members }) {
   const nodes = graphNodes();
+  const initial = new Map(rects);
   const alreadyCovered = new Set(nodes.filter((n) => n !== grown && rects.has(n) && overlaps(rects.get(grown), rects.get(n))));
   rects.set(grown, rectOf(grown));
   const queue = [grown];
@@ -84,6 +85,19 @@ function makeRoom(grown, { rects, members }) {
       if (o[1] >= r[1]) moveBy(other, rects, 0, r[3] + GAP - o[1]);
       else moveBy(other, rects, r[2] + GAP - o[0], 0);
       queue.push(other);
+    }
+  }
+  // then any pair that overlaps now and did not before (a cascade the queue missed): the lower one goes down
+  const before = new Set();
+  for (const a of nodes) for (const b of nodes) if (a !== b && initial.has(a) && initial.has(b) && overlaps(initial.get(a), initial.get(b))) before.add(a.id + ":" + b.id);
+  for (let moved = true, guard = 0; moved && guard < nodes.length; guard++) {
+    moved = false;
+    for (const a of nodes) for (const b of nodes) {
+      if (a === b || !rects.has(a) || !rects.has(b) || before.has(a.id + ":" + b.id)) continue;
+      const ra = rects.get(a), rb = rects.get(b);
+      if (!overlaps(ra, rb) || rb[1] < ra[1] || (rb[1] === ra[1] && rb[0] < ra[0])) continue;
+      moveBy(b, rects, 0, ra[3] + GAP - rb[1]);
+      moved = true;
     }
   }
   graphGroups().forEach((group, i) => {
