@@ -58,6 +58,8 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, frontend):
         assert size[0] >= width * scale + 2 * MARGIN - 1, (view["type"], size, width, scale)
     page.evaluate("new Promise(r => setTimeout(r, 500))")  # the last fits settle (web/anatomy.js fits one at a time)
     page.screenshot(artifacts_dir() / frontend.name / "anatomy_tour.png")
-    covered = overlapping(page.node_rects())  # the nodes that grew made room: none covers another
-    assert covered == [], covered
+    rects = page.node_rects()
+    covered = overlapping(rects)  # the nodes that grew made room: none covers another
+    types = {n["id"]: n["type"] for n in page.nodes()}
+    assert covered == [], [(types[a], types[b], rects[a], rects[b]) for a, b in covered]
     assert page.pack_errors() == []
