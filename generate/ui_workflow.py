@@ -4,8 +4,9 @@
 
 Starts a ComfyUI with the pack, reads each node's definition (/object_info) to order widget values
 and name slots, then opens the graph in ComfyUI's own frontend (headless Chromium,
-harness/browser.py) to measure every node's size with the frontend's `computeSize()`. It lays
-the graph out as one group per stage of Stable Diffusion, left to right, each with a Note that
+harness/browser.py) to measure every node's size with the frontend's `computeSize()`, and in the
+newest frontend's Vue node renderer (host/install_frontend.sh), which draws nodes taller. It lays
+the graph out (room for the taller of the two heights) as one group per stage of Stable Diffusion, left to right, each with a Note that
 explains the stage in the words of the source document, and writes the UI JSON the graph editor
 and ComfyUI's template browser open. The file name is the workflow's title (what the template
 browser shows): `TITLES` below, or the API file's stem in title case. Stages come from the node
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -177,11 +179,12 @@ def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
             next_id += 1
             y += TITLE_H + h + GAP
         for node in stage["nodes"]:
-            w, h = sizes[node["id"]]
-            if node["type"] in ("SaveImage", "PreviewImage"):
-                h += IMAGE_ROOM
-            node["pos"], node["size"] = [x + PAD, y + TITLE_H], [width, round(h)]
-            y += TITLE_H + round(h) + GAP
+            w, h, *vue = sizes[node["id"]]
+            room = IMAGE_ROOM if node["type"] in ("SaveImage", "PreviewImage") else 0
+            node["pos"], node["size"] = [x + PAD, y + TITLE_H], [width, round(h + room)]
+            # the Vue renderer draws a node taller than its size: vue[0], its height there, title included
+            drawn = max(TITLE_H + round(h + room), math.ceil(vue[0]) + room if vue else 0)
+            y += drawn + GAP
         groups.append({"id": len(groups) + 1, "title": title, "bounding": [x, 0, width + 2 * PAD, y - GAP + PAD],
                        "color": GROUP_COLOUR, "font_size": 24, "flags": {}})
         x += width + 2 * PAD + COLUMN_GAP
@@ -198,8 +201,30 @@ def lay_out(ui: dict, graph: dict, sizes: dict[int, list[float]]) -> dict:
     return ui
 
 
+_newest = None  # the ComfyUI serving the newest frontend, started on first use by measure()
+
+
+def newest_frontend_url() -> str:
+    """A ComfyUI serving hostenv.NEWEST_FRONTEND (host/install_frontend.sh), started once, stopped at exit."""
+    global _newest
+    if _newest is None:
+        import atexit
+
+        import hostenv
+        from comfy_server import ComfyServer
+
+        root = hostenv.frontend_root()
+        if not (root / "index.html").is_file():
+            raise SystemExit(f"no frontend {hostenv.NEWEST_FRONTEND} at {root}: run host/install_frontend.sh")
+        _newest = ComfyServer.start(Path(tempfile.mkdtemp(prefix="da-ui-newest-")), front_end_root=root)
+        atexit.register(_newest.stop)
+    return _newest.url
+
+
 def measure(ui: dict, url: str) -> dict[int, list[float]]:
-    """Each node's smallest size that fits its widgets, as ComfyUI's frontend computes it."""
+    """Each node's smallest size that fits its widgets, as the pinned frontend computes it, and a third
+    number: the height (title included) the newest frontend's Vue node renderer draws it with, taller
+    than the canvas's because its widgets are. The layout keeps room for both."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
@@ -208,8 +233,16 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
     with Browser.start() as page:
         page.open_app(url)
         page.load_workflow(ui)
-        return {int(k): v for k, v in page.evaluate(
+        sizes = {int(k): v for k, v in page.evaluate(
             "Object.fromEntries(app.graph._nodes.map(n => [n.id, [...n.computeSize()]]))").items()}
+        page.open_app(newest_frontend_url(), settings={"Comfy.VueNodes.Enabled": True})
+        fitted = {**ui, "nodes": [{**n, "size": sizes[n["id"]]} for n in ui["nodes"]]}
+        page.load_workflow(fitted)
+        page.wait_for(f"document.querySelectorAll('[data-node-id]').length >= {len(ui['nodes'])}", 120, "the Vue nodes")
+        page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        vue = page.evaluate("""Object.fromEntries(app.graph._nodes.map(n => [n.id,
+            document.querySelector(`[data-node-id="${n.id}"]`).getBoundingClientRect().height / app.canvas.ds.scale]))""")
+    return {k: [w, h, vue[str(k)]] for k, (w, h) in sizes.items()}
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,7 +43,14 @@ PACK_MARKERS = (f"/extensions/{PACK_FOLDER}/", f"/workflow_templates/{PACK_FOLDE
 # The frontend asks api.comfy.org about every node type it sees (registry look-ups); offline, the
 # page's security policy blocks those requests and logs an error naming the node type. Not the pack's.
 NOT_THE_PACK = ("https://api.comfy.org/",)
+# The frontend looks for a node's help page in the user's language first (docs/<node id>/<locale>.md)
+# and falls back to docs/<node id>.md, the one the pack ships: that first 404 is the lookup, not a fault.
+LOCALISED_HELP = re.compile(rf"/extensions/{PACK_FOLDER}/docs/[^/]+/[a-zA-Z-]+\.md$")
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# The pack's seven views: each shows its picture in its node, and web/anatomy.js sizes the node to it
+VIEWS = frozenset({"DiffusionAnatomyTokens", "DiffusionAnatomyForwardDiffusion", "DiffusionAnatomyDenoisingSteps",
+                   "DiffusionAnatomyLatentChannels", "DiffusionAnatomyPlotSigmas", "DiffusionAnatomyCrossAttentionView",
+                   "DiffusionAnatomyUNetLevelsView"})
 
 
 class BrowserError(RuntimeError):
@@ -57,6 +65,8 @@ class ConsoleMessage:
 
     def from_pack(self) -> bool:
         if any(m in self.text for m in NOT_THE_PACK):
+            return False
+        if self.level == "network" and LOCALISED_HELP.search(self.url):
             return False
         return any(m in self.url or m in self.text for m in PACK_MARKERS)
 
@@ -184,15 +194,17 @@ class Browser:
             time.sleep(0.2)
 
     # --- ComfyUI ---
-    def open_app(self, url: str, timeout: float = 300.0) -> None:
+    def open_app(self, url: str, settings: dict | None = None, timeout: float = 300.0) -> None:
         """Load ComfyUI's frontend and wait until the graph canvas and every extension are ready.
 
         Every visit starts alike: a new user's first visit opens the template browser by itself and
         later visits restore the last graph from the browser's storage, so the server's setting
         Comfy.TutorialCompleted is set first and the page's storage is emptied before its scripts run:
         the page opens on ComfyUI's default graph with no dialog (open_templates() opens the browser
-        on purpose)."""
-        settings = {"Comfy.TutorialCompleted": True}
+        on purpose). `settings` are further user settings stored on the server before the page loads
+        (e.g. {"Comfy.VueNodes.Enabled": True}: the Vue node renderer of frontends 1.27+); with that one
+        on, the wait includes the default graph's nodes drawn as DOM elements."""
+        settings = {"Comfy.TutorialCompleted": True, **(settings or {})}
         req = urllib.request.Request(f"{url}/api/settings", data=json.dumps(settings).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=30).close()
@@ -201,6 +213,26 @@ class Browser:
         self.wait_for("!!(window.app && app.graph && app.canvas && app.vueAppReady && app.extensionManager"
                       " && document.querySelector('canvas#graph-canvas') && app.graph._nodes.length)",
                       timeout, "ComfyUI's frontend and its default graph")
+        if settings.get("Comfy.VueNodes.Enabled"):
+            self.wait_for("document.querySelectorAll('[data-node-id]').length > 0", timeout, "the Vue node renderer")
+
+    def reuse_app(self, url: str, settings: dict | None = None) -> None:
+        """Start a test on the app as open_app leaves it, reloading only when needed: when another
+        server or other settings are wanted, or when a dialog or alert stays open after Escape and
+        the frontend's toast service (extensionManager.toast.removeAll) were tried. A reload costs
+        5-15 s; tests load their own workflow, so the graph a test leaves behind does not matter."""
+        want = (url, json.dumps(settings or {}, sort_keys=True))
+        if getattr(self, "_opened", None) == want:
+            try:
+                self.close_dialogs(timeout=10)
+            except BrowserError:
+                pass
+            self.evaluate("app.extensionManager.toast?.removeAll?.(); true")
+            if not self.notices():
+                self.console.clear()
+                return
+        self.open_app(url, settings)
+        self._opened = want
 
     def press(self, key: str, code: str, key_code: int) -> None:
         """One real key press (down and up) on the page."""
@@ -269,8 +301,19 @@ class Browser:
                              ".map(n => n.type)")
 
     def dialog_texts(self) -> list[str]:
-        """The text of every open dialog (e.g. the missing-nodes or an error dialog)."""
+        """The text of every open dialog (e.g. an error dialog, or 1.32's missing-nodes dialog)."""
         return self.evaluate("[...document.querySelectorAll('[role=dialog]')].map(d => d.innerText)")
+
+    def wait_for_notice(self, text: str, timeout: float = 60.0) -> list[str]:
+        """Wait until a dialog or alert says `text`; return the notices."""
+        return self.wait_for(f"""(() => {{ const t = [...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')].map(d => d.innerText.trim()).filter(Boolean);
+            return t.some(x => x.includes({json.dumps(text)})) ? t : null; }})()""", timeout, f"a notice saying {text!r}")
+
+    def notices(self) -> list[str]:
+        """What the frontend tells the user now: open dialogs and alerts (1.58 reports missing nodes
+        in a status toast where 1.32 opens a dialog); empty regions left out."""
+        return self.evaluate("[...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')]"
+                             ".map(d => d.innerText.trim()).filter(Boolean)")
 
     def queue(self, timeout: float = 180.0) -> str:
         """Queue the current graph as the Queue button does (app.queuePrompt); return the server's prompt id.
@@ -292,15 +335,31 @@ class Browser:
         return server.wait(prompt_id, timeout)["outputs"]
 
     def node_image_urls(self, node_id: int, timeout: float = 180.0) -> list[str]:
-        """The /view URLs of the images the node shows once they are loaded (node.imgs). The canvas
-        is kept centred on the node and redrawn while waiting: the frontend loads a node's images
-        only when it draws the node."""
+        """The URLs of the images the node shows once they are loaded: the <img> elements inside the
+        node's element under the Vue node renderer, else the canvas node's images (node.imgs). The
+        canvas is kept centred on the node and redrawn while waiting: the frontend loads a node's
+        images only when it draws the node."""
         return self.wait_for(f"""(() => {{ const n = app.graph.getNodeById({int(node_id)});
             if (!n) return null;
             app.canvas.centerOnNode(n); app.canvas.setDirty(true, true);
-            const imgs = n.imgs || [];
+            const el = document.querySelector('[data-node-id="{int(node_id)}"]');
+            const imgs = el ? [...el.querySelectorAll('img')] : (n.imgs || []);
             return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.map(i => i.src) : null; }})()""",
                              timeout, f"images in node {node_id}")
+
+    def node_rects(self) -> dict[int, list[float]]:
+        """Each node's rectangle as drawn, title bar included, in canvas units: [left, top, right, bottom].
+        Under the Vue node renderer it is the node element's box on the page (Vue draws nodes taller than
+        the sizes the graph stores), else the canvas node's pos and size plus LiteGraph's title height."""
+        return {int(k): v for k, v in self.evaluate("""(() => {
+            const c = document.querySelector('canvas#graph-canvas').getBoundingClientRect(), ds = app.canvas.ds;
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            return Object.fromEntries(app.graph._nodes.map(n => {
+                const el = document.querySelector(`[data-node-id="${n.id}"]`);
+                if (!el) return [n.id, [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]];
+                const r = el.getBoundingClientRect();
+                const x = (r.left - c.left) / ds.scale - ds.offset[0], y = (r.top - c.top) / ds.scale - ds.offset[1];
+                return [n.id, [x, y, x + r.width / ds.scale, y + r.height / ds.scale]]; })); })()""").items()}
 
     def pack_errors(self) -> list[ConsoleMessage]:
         """Console errors, uncaught exceptions and failed requests that come from the pack."""
@@ -315,6 +374,14 @@ class Browser:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
+
+
+def overlapping(rects: dict[int, list[float]]) -> list[tuple[int, int]]:
+    """Pairs of nodes whose rectangles ([left, top, right, bottom]) overlap by more than a pixel."""
+    ids = sorted(rects)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if min(rects[a][2], rects[b][2]) - max(rects[a][0], rects[b][0]) > 1
+            and min(rects[a][3], rects[b][3]) - max(rects[a][1], rects[b][1]) > 1]
 
 
 def artifacts_dir() -> Path:

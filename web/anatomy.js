@@ -1,57 +1,158 @@
-// Diffusion Anatomy views in the editor: each view node grows to fit the picture it shows, and the
-// Denoising Steps Recorder's live strip (sent as a progress preview at every recorded step while the
-// sampler runs) resizes its node as it arrives. The pictures themselves are shown by ComfyUI: the
-// views return them as ui images, the recorder sends them as previews with metadata (its node id).
+// Diffusion Anatomy views in the editor: each view node grows to show the picture it returns, at a
+// bounded size, and makes room for it: nodes the grown node would now cover are moved down (or right),
+// in turn making room below them, and a group that held a moved node grows to hold it still. The
+// Denoising Steps Recorder's live strip (a progress preview at every recorded step while the sampler
+// runs) resizes its node the same way as it arrives. ComfyUI itself shows the pictures: the views
+// return them as ui images, the recorder sends them as previews with metadata (its node id).
+// Only documented extension APIs are used (app.registerExtension's setup hook, api events, the
+// graph's nodes and groups): no node prototype is patched, so it works on the litegraph canvas and
+// on the Vue node renderer of newer frontends alike.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const PREFIX = "DiffusionAnatomy";
 const VIEWS = new Set(["Tokens", "ForwardDiffusion", "DenoisingSteps", "LatentChannels", "PlotSigmas", "DenoisingStepsRecorder",
                        "CrossAttentionView", "UNetLevelsView"].map((n) => PREFIX + n));
-const MAX_WIDTH = 1100; // wider pictures are shown scaled down
+// The picture is shown at most this large (canvas units); larger ones are scaled down to fit. Bounded, so
+// a 12-step strip or a tall U-Net does not turn its node into a wall across the graph.
+const MAX_WIDTH = 720;
+const MAX_HEIGHT = 640;
+const MARGIN = 10; // px around the picture inside the node
+const GAP = 16; // px kept between a grown node and the nodes it moved
 
-// What a test (or a curious user in the console) can read: previews received per node id.
+// What a test (or a curious user in the console) can read: previews received and picture sizes per node id.
 const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, fitted: {} });
 
-function fitNode(node, width, height) {
+const titleHeight = () => globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+const graphNodes = () => app.graph._nodes ?? app.graph.nodes ?? [];
+const graphGroups = () => app.graph._groups ?? app.graph.groups ?? [];
+const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+
+// A node's rectangle as the user sees it, title bar included, in canvas units: [left, top, right, bottom].
+// The Vue node renderer draws a node as an element that may be taller than the size the graph stores
+// (its widgets are taller), so there the element's box is read; on the canvas it is pos and size.
+function rectOf(node) {
+  const el = document.querySelector(`[data-node-id="${node.id}"]`);
+  const ds = app.canvas?.ds;
+  const canvas = app.canvas?.canvas?.getBoundingClientRect?.();
+  if (el && ds && canvas) {
+    const r = el.getBoundingClientRect();
+    const x = (r.left - canvas.left) / ds.scale - ds.offset[0];
+    const y = (r.top - canvas.top) / ds.scale - ds.offset[1];
+    return [x, y, x + r.width / ds.scale, y + r.height / ds.scale];
+  }
+  const t = titleHeight();
+  return [node.pos[0], node.pos[1] - t, node.pos[0] + node.size[0], node.pos[1] + node.size[1]];
+}
+
+const overlaps = (a, b) => a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+const inside = (r, box) => r[0] >= box[0] && r[1] >= box[1] && r[2] <= box[2] && r[3] <= box[3];
+
+function groupBox(group) {
+  const [x, y, w, h] = group._bounding ?? group.bounding;
+  return [x, y, x + w, y + h];
+}
+
+// Where every node is and which nodes each group holds, before a node grows.
+function snapshot() {
+  const rects = new Map(graphNodes().map((n) => [n, rectOf(n)]));
+  const members = graphGroups().map((g) => graphNodes().filter((n) => inside(rects.get(n), groupBox(g))));
+  return { rects, members };
+}
+
+function moveBy(node, rects, dx, dy) {
+  node.pos = [node.pos[0] + dx, node.pos[1] + dy]; // the setter, not an in-place edit: the Vue renderer follows it
+  const r = rects.get(node);
+  rects.set(node, [r[0] + dx, r[1] + dy, r[2] + dx, r[3] + dy]);
+}
+
+// Move the nodes that `grown` now covers (and did not cover before) out of its way, then those the
+// moved ones cover, and so on; grow each group around the members it had before.
+function makeRoom(grown, { rects, members }) {
+  const nodes = graphNodes();
+  const initial = new Map(rects);
+  const alreadyCovered = new Set(nodes.filter((n) => n !== grown && rects.has(n) && overlaps(rects.get(grown), rects.get(n))));
+  rects.set(grown, rectOf(grown));
+  const queue = [grown];
+  for (let guard = 0; queue.length && guard < 10 * nodes.length; guard++) {
+    const mover = queue.shift();
+    const r = rects.get(mover);
+    for (const other of nodes) {
+      if (other === mover || !rects.has(other) || (mover === grown && alreadyCovered.has(other))) continue;
+      const o = rects.get(other);
+      if (!overlaps(r, o)) continue;
+      // below the mover's top: push down; beside it (it grew to the right into the other): push right
+      if (o[1] >= r[1]) moveBy(other, rects, 0, r[3] + GAP - o[1]);
+      else moveBy(other, rects, r[2] + GAP - o[0], 0);
+      queue.push(other);
+    }
+  }
+  // then any pair that overlaps now and did not before (a cascade the queue missed): the lower one goes down
+  const before = new Set();
+  for (const a of nodes) for (const b of nodes) if (a !== b && initial.has(a) && initial.has(b) && overlaps(initial.get(a), initial.get(b))) before.add(a.id + ":" + b.id);
+  for (let moved = true, guard = 0; moved && guard < nodes.length; guard++) {
+    moved = false;
+    for (const a of nodes) for (const b of nodes) {
+      if (a === b || !rects.has(a) || !rects.has(b) || before.has(a.id + ":" + b.id)) continue;
+      const ra = rects.get(a), rb = rects.get(b);
+      if (!overlaps(ra, rb) || rb[1] < ra[1] || (rb[1] === ra[1] && rb[0] < ra[0])) continue;
+      moveBy(b, rects, 0, ra[3] + GAP - rb[1]);
+      moved = true;
+    }
+  }
+  graphGroups().forEach((group, i) => {
+    const box = groupBox(group);
+    const need = members[i].map((n) => rects.get(n)).reduce((b, r) => [b[0], b[1], Math.max(b[2], r[2] + MARGIN), Math.max(b[3], r[3] + MARGIN)], box);
+    if (need[2] > box[2] || need[3] > box[3]) {
+      const size = [need[2] - need[0], need[3] - need[1]];
+      if (group._bounding) [group._bounding[2], group._bounding[3]] = size;
+      else group.size = size;
+    }
+  });
+}
+
+// Size the node to show a width x height picture at the bounded scale, then make room for it.
+async function fitNode(node, width, height) {
   if (!node || !width || !height) return;
-  const scale = Math.min(1, MAX_WIDTH / width);
-  const w = Math.max(node.size[0], Math.round(width * scale) + 20);
-  const base = node.computeSize ? node.computeSize([w, 0])[1] : node.size[1];
-  const h = Math.round(base + ((w - 20) / width) * height + 20);
-  node.setSize([w, Math.max(node.size[1], h)]);
-  state.fitted[node.id] = [width, height];
+  const scale = Math.min(1, MAX_WIDTH / width, MAX_HEIGHT / height);
+  const before = snapshot();
+  const w = Math.max(node.size[0], Math.round(width * scale) + 2 * MARGIN);
+  const widgets = node.computeSize ? node.computeSize([w, 0])[1] : node.size[1];
+  node.setSize([w, Math.round(widgets + height * scale + 2 * MARGIN)]);
+  app.graph.setDirtyCanvas(true, true);
+  await nextFrame(); // the Vue renderer lays the node out again before its box is read
+  makeRoom(node, before);
+  state.fitted[node.id] = [width, height, scale];
   app.graph.setDirtyCanvas(true, true);
 }
+
+let fitting = Promise.resolve(); // one fit at a time: each reads where the previous one left the nodes
 
 function fitToUrl(node, url) {
   const img = new Image();
   img.onload = () => {
-    fitNode(node, img.naturalWidth, img.naturalHeight);
+    fitting = fitting.then(() => fitNode(node, img.naturalWidth, img.naturalHeight)).catch((e) => console.error("DiffusionAnatomy: fitting a view", e));
     if (url.startsWith("blob:")) URL.revokeObjectURL(url);
   };
   img.src = url;
 }
 
+const nodeOf = (id) => (id != null ? app.graph.getNodeById(Number(id)) : null);
+
 app.registerExtension({
   name: "DiffusionAnatomy.Views",
-  async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!VIEWS.has(nodeData.name)) return;
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      const result = onExecuted?.apply(this, arguments);
-      const image = message?.images?.[0];
-      if (image) {
-        const query = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type ?? "temp" });
-        fitToUrl(this, api.apiURL(`/view?${query}`));
-      }
-      return result;
-    };
-  },
   setup() {
+    // "executed": a node's ui output arrived (the views' pictures)
+    api.addEventListener("executed", ({ detail }) => {
+      const node = nodeOf(detail?.display_node ?? detail?.node);
+      const image = detail?.output?.images?.[0];
+      if (!node || !VIEWS.has(node.type) || !image) return;
+      const query = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type ?? "temp" });
+      fitToUrl(node, api.apiURL(`/view?${query}`));
+    });
     api.addEventListener("b_preview_with_metadata", ({ detail }) => {
       const id = detail?.displayNodeId ?? detail?.nodeId;
-      const node = id != null ? app.graph.getNodeById(Number(id)) : null;
+      const node = nodeOf(id);
       if (!node || node.type !== PREFIX + "DenoisingStepsRecorder") return;
       state.livePreviews[id] = (state.livePreviews[id] || 0) + 1;
       fitToUrl(node, URL.createObjectURL(detail.blob)); // ComfyUI keeps its own URL for the picture it shows

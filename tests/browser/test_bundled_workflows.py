@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import artifacts_dir
+from browser import VIEWS, artifacts_dir, overlapping
 from thumbnails import SIDE as THUMBNAIL_SIDE
 from ui_workflow import IMAGE_ROOM, slug
 
@@ -40,17 +40,17 @@ def open_bundled(page, title: str) -> dict:
 
 
 def test_a_missing_node_type_is_reported(page):
-    # the checks below can fail: an unknown type is listed and the frontend says so in a dialog
+    # the checks below can fail: an unknown type is listed and the frontend says so (a dialog or an alert)
     wf = json.loads((WORKFLOWS / "Text to Image.json").read_text())
     wf["nodes"][0]["type"] = "NoSuchNodeAnywhere"
     page.load_workflow(wf)
     assert page.missing_node_types() == ["NoSuchNodeAnywhere"]
-    assert any("NoSuchNodeAnywhere" in text for text in page.dialog_texts())
+    page.wait_for_notice("NoSuchNodeAnywhere")
 
 
-def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page):
+def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page, frontend):
     cards = page.open_templates(CATEGORY)
-    page.screenshot(artifacts_dir() / "templates.png")
+    page.screenshot(artifacts_dir() / frontend.name / "templates.png")
     assert sorted(c["title"] for c in cards) == sorted(p.stem for p in UI)
     for card in cards:
         assert " " in card["title"] and "_" not in card["title"], card  # a title, not a file name
@@ -61,11 +61,11 @@ def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page):
 
 
 @pytest.mark.parametrize("path", UI, ids=[p.stem for p in UI])
-def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, path):
+def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, frontend, path):
     wf = open_bundled(page, path.stem)
     nodes = page.nodes()
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in wf["nodes"])
-    assert page.missing_node_types() == [] and page.dialog_texts() == []
+    assert page.missing_node_types() == [] and page.notices() == []
     assert any(n["type"] == "Note" for n in nodes) and page.evaluate("app.graph._groups.length") >= 3
     for n in nodes:  # every widget visible, and no node much larger than its widgets need
         if n["type"] == "Note":
@@ -78,12 +78,13 @@ def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, pa
     api = json.loads((WORKFLOWS / "api" / f"{slug(path.stem)}.json").read_text())
     ids = {nid: i + 1 for i, nid in enumerate(api)}  # UI node ids number the API nodes in file order
     assert canonical(prompt, int) == canonical(api, ids.__getitem__)
-    page.screenshot(artifacts_dir() / f"{path.stem}.png")
+    page.screenshot(artifacts_dir() / frontend.name / f"{path.stem}.png")
     assert page.pack_errors() == []
 
 
-def test_image_to_image_runs_from_the_template_browser(page, server):
+def test_image_to_image_runs_from_the_template_browser(page, frontend):
     """A fresh ComfyUI, no file copied: pick the template, queue it, its picture shows in Save Image."""
+    server = frontend.server
     assert not (server.work / "input" / "example.png").exists()  # the picture comes from the pack's node
     page.open_templates(CATEGORY)
     page.evaluate("document.querySelector('[data-testid=\"template-workflow-Image to Image\"]').click()")
@@ -99,5 +100,35 @@ def test_image_to_image_runs_from_the_template_browser(page, server):
     fetched = page.evaluate(f"fetch({json.dumps(shown)}).then(r => r.arrayBuffer()).then(b => b.byteLength)")
     assert fetched == written.stat().st_size
     assert np.asarray(Image.open(written).convert("RGB")).shape == (64, 64, 3)
-    page.screenshot(artifacts_dir() / "image_to_image.png")
+    page.screenshot(artifacts_dir() / frontend.name / "image_to_image.png")
+    assert page.pack_errors() == []
+
+
+def test_overlap_check_can_fail():
+    assert overlapping({1: [0, 0, 100, 100], 2: [50, 99, 80, 200], 3: [100, 0, 200, 50]}) == [(1, 2)]
+
+
+RUN = [p for p in UI if p.stem != "Anatomy Tour"]  # test_anatomy_tour.py runs the tour and makes the same check
+
+
+@pytest.mark.parametrize("path", RUN, ids=[p.stem for p in RUN])
+def test_bundled_workflow_runs_and_no_node_covers_another(page, frontend, path):
+    """After the run every node that shows pictures shows them, the views have grown to theirs, and no
+    two nodes' rectangles overlap (as drawn: the Vue renderer's elements, or the canvas nodes)."""
+    open_bundled(page, path.stem)
+    assert overlapping(page.node_rects()) == []
+    outputs = page.wait_for_execution(frontend.server, page.queue(), timeout=900)
+    nodes = {n["id"]: n for n in page.nodes()}
+    for node_id, out in outputs.items():
+        if out.get("images"):
+            urls = page.node_image_urls(int(node_id))
+            assert any(f"filename={out['images'][0]['filename']}" in u for u in urls), (nodes[int(node_id)]["type"], urls)
+    views = [i for i, n in nodes.items() if n["type"] in VIEWS]
+    assert all(outputs[str(i)]["images"] for i in views)  # each view's picture, shown in its node above
+    page.wait_for(f"{json.dumps(views)}.every(i => window.DiffusionAnatomy.fitted[i])", 60, "the views sized to their pictures")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    rects = page.node_rects()
+    page.screenshot(artifacts_dir() / frontend.name / f"{path.stem} after run.png")
+    covered = overlapping(rects)
+    assert covered == [], [(nodes[a]["type"], nodes[b]["type"], rects[a], rects[b]) for a, b in covered]
     assert page.pack_errors() == []
