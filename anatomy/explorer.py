@@ -112,7 +112,7 @@ def level_pictures(feature: torch.Tensor) -> LevelPictures:
     strength = feature.abs().mean(dim=(1, 2))
     top = torch.topk(strength, min(TOP_CHANNELS, feature.shape[0])).indices
     maps = torch.stack([am.normalise(feature[c]) for c in top]).cpu()
-    return LevelPictures(tuple(feature.shape), lv.pca_rgb(feature.cpu()), [int(c) for c in top],
+    return LevelPictures(tuple(feature.shape), lv.pca_rgb(feature, exact=False).cpu(), [int(c) for c in top],
                          [float(strength[c]) for c in top], maps)
 
 
@@ -488,9 +488,22 @@ def write_run(folder: Path, info: RunInfo, recording: Recording, decode: Callabl
     return index
 
 
+LEVEL_TILE = 32  # side of a level's tiles at most, pixels (SD1.5 at 512: 24 levels x 5 tiles of 32x32 per kept step)
+
+
 def write_levels(folder: Path, levels: dict[int, dict[str, LevelPictures]], latent_hw: tuple[int, int], files: dict) -> dict:
     """One atlas per kept step: a row per level (in the U's order), the PCA picture then the strongest channels,
-    every tile enlarged (nearest) to the latent's size."""
+    every tile resized to the latent's size, at most LEVEL_TILE a side (smaller levels enlarged, nearest;
+    larger ones averaged down)."""
+    scale = max(latent_hw) / LEVEL_TILE
+    if scale > 1:
+        latent_hw = (max(1, round(latent_hw[0] / scale)), max(1, round(latent_hw[1] / scale)))
+
+    def resize(t: torch.Tensor) -> np.ndarray:
+        x = t.permute(2, 0, 1)[None].float()
+        x = F.interpolate(x, size=latent_hw, mode="area" if x.shape[-1] > latent_hw[1] else "nearest")
+        return to_uint8(x[0].permute(1, 2, 0))
+
     order = {"input": 0, "middle": 1, "output": 2}
 
     def key(name: str):
@@ -508,7 +521,7 @@ def write_levels(folder: Path, levels: dict[int, dict[str, LevelPictures]], late
             p = per[name]
             tiles = [p.pca] + [m[..., None].expand(-1, -1, 3) for m in p.maps]
             tiles += [torch.zeros(*p.maps.shape[1:], 3)] * (1 + TOP_CHANNELS - len(tiles))
-            rows.append([to_uint8(F.interpolate(t.permute(2, 0, 1)[None].float(), size=latent_hw, mode="nearest")[0].permute(1, 2, 0)) for t in tiles])
+            rows.append([resize(t) for t in tiles])
         picture = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
         name = f"levels_{i:04d}.png"
         Image.fromarray(picture).save(folder / name, compress_level=6)

@@ -123,15 +123,24 @@ class LevelRecorder:
 
 # --------------------------------------------------------------------------- pictures
 
-def pca_rgb(feature: torch.Tensor) -> torch.Tensor:
-    """[C, h, w] -> [h, w, 3] in 0..1: the first three principal components of the channels."""
+def pca_rgb(feature: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """[C, h, w] -> [h, w, 3] in 0..1: the first three principal components of the channels.
+
+    exact=False finds them by randomized SVD (Halko et al. 2011, arXiv:0909.4061; torch.svd_lowrank,
+    2 power iterations): a few matrix products instead of a full SVD, which takes seconds per level at
+    SD1.5's 64x64 x 320 channels on a CPU; for a picture the approximate directions are as good."""
     c, h, w = feature.shape
     x = rearrange(feature.float(), "c h w -> (h w) c")
     x = x - x.mean(dim=0, keepdim=True)
     if h * w < 2:
         return torch.full((h, w, 3), 0.5)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    comps = x @ v[:3].T  # [(h w), <=3]
+    if exact or min(x.shape) <= 8:
+        _, _, v = torch.linalg.svd(x, full_matrices=False)
+        v = v[:3].T
+    else:
+        _, _, v = torch.svd_lowrank(x, q=6, niter=2)
+        v = v[:, :3]
+    comps = x @ v  # [(h w), <=3]
     if comps.shape[1] < 3:
         comps = torch.cat([comps, torch.zeros(comps.shape[0], 3 - comps.shape[1])], dim=1)
     lo = torch.quantile(comps, 0.01, dim=0)

@@ -50,6 +50,15 @@ NOTES = {
               "cross-attention, the decoder goes back up with skip connections from the encoder.",
     "attention": "Cross-attention per word: where in the picture the U-Net looked at each word of the prompt (DAAM: summed over heads, "
                  "layers and steps).",
+    "explorer": "Anatomy Explorer: the capture node hooks the MODEL (ComfyUI's own sampler, guidance, attention and block hooks) "
+                "and records this whole run: every step's x_t, x0 and noise, the conditional and unconditional predictions, each "
+                "word's cross-attention map per step and per level, the U-Net's levels. Sampling is unchanged. After the run, open "
+                "the sidebar tab \"Diffusion Anatomy\" (the eye icon on the left) to scrub the steps, click words, try another "
+                "guidance scale and look inside the U.",
+    "explorer_compare": "Anatomy Explorer Compare: two runs with the same seed and two prompts that differ in one word (circle, "
+                        "square), each recorded by its own capture node (labels A and B). In the panel \"Diffusion Anatomy\" pick "
+                        "run A, open Compare and choose run B: both on one timeline, the differing word highlighted, their x0 "
+                        "distance per step and their trajectories.",
     "sigmas": "Samplers and schedules: the sampler walks a descending list of noise levels sigma from pure noise to 0. Different "
               "schedules spend their steps differently; here three side by side on a log axis.",
 }
@@ -184,6 +193,39 @@ def unet_levels() -> Graph:
     return g
 
 
+def explorer_run(g: Graph, ckpt: str, prompt: str, label: str, seed: int = 42) -> str:
+    """One recorded run: the prompt feeds the text encoder and the capture (so their tokens agree)."""
+    text = g.add("PrimitiveStringMultiline", f"Prompt {label}".strip(), value=prompt)
+    pos = g.add(f"{P}CLIPTextEncode", f"Positive prompt {label}".strip(), clip=[ckpt, 1], text=[text, 0])
+    neg = g.add(f"{P}CLIPTextEncode", f"Negative prompt {label}".strip(), clip=[ckpt, 1], text="")
+    cap = g.add(f"{P}ExplorerCapture", f"Anatomy Explorer Capture {label}".strip(), model=[ckpt, 0], clip=[ckpt, 1], text=[text, 0],
+                pictures="vae", levels_every=1, keep_runs=16, label=label, vae=[ckpt, 2])
+    out = text_to_image(g, {"ckpt": ckpt, "pos": pos, "neg": neg, "model": [cap, 0]}, seed=seed, stage=False)
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[ckpt, 2], tiled=False, tile_size=512)
+    save(g, [dec, 0], f"anatomy_explorer{'_' + label.lower() if label else ''}")
+    return out
+
+
+def explorer() -> Graph:
+    g = Graph()
+    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    g.stage("Record the run, then open the panel \"Diffusion Anatomy\"", NOTES["explorer"])
+    explorer_run(g, ckpt, PROMPT, "")
+    return g
+
+
+def explorer_compare() -> Graph:
+    g = Graph()
+    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    g.stage("Run A: circle", NOTES["explorer_compare"])
+    explorer_run(g, ckpt, PROMPT, "A")
+    g.stage("Run B: square, the same seed", NOTES["explorer_compare"])
+    explorer_run(g, ckpt, PROMPT.replace("circle", "square"), "B")
+    return g
+
+
 def sigma_view(g: Graph, n: dict) -> None:
     g.stage("Samplers walk a noise schedule", NOTES["sigmas"])
     ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
@@ -202,6 +244,8 @@ def build() -> dict[str, Graph]:
     g = Graph(); n = base(g); sigma_view(g, n); graphs["anatomy_sigma_plot"] = g
     graphs["anatomy_cross_attention"] = cross_attention()
     graphs["anatomy_unet_levels"] = unet_levels()
+    graphs["anatomy_explorer"] = explorer()
+    graphs["anatomy_explorer_compare"] = explorer_compare()
     # the tour, in the document's order: CLIP reads the text; the U-Net inside (its levels, cross-attention);
     # the diffusion process, reverse (step by step: it makes the picture) and forward; the latent and the
     # VAE decoder; the samplers' schedules
