@@ -506,7 +506,7 @@ app.registerExtension({
       id: TAB, icon: "pi pi-eye", title: "Diffusion Anatomy", tooltip: "Diffusion Anatomy: explore recorded runs", type: "custom",
       render: (el) => {
         root = h("div", { class: "da-explorer", tabindex: 0, onkeydown: (e) => {
-          if (e.target.tagName === "SELECT" || !state.run) return;
+          if (["SELECT", "INPUT"].includes(e.target.tagName) || !state.run) return; // those move by themselves
           if (e.key === "ArrowLeft") { setStep(state.step - 1); e.preventDefault(); }
           if (e.key === "ArrowRight") { setStep(state.step + 1); e.preventDefault(); }
         } });
@@ -523,7 +523,7 @@ app.registerExtension({
         return;
       }
       await refreshRuns();
-      if (detail.status !== "running" && (!state.run || state.run.id === detail.run || state.run.index.status === "running")) {
+      if (detail.status !== "running") { // the run just queued is the one to look at
         state.message = "";
         await select(detail.run);
       }
