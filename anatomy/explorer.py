@@ -22,6 +22,7 @@ step) and raw little-endian float16 arrays; the newest `keep` runs are kept, old
 """
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import os
@@ -296,7 +297,7 @@ def fit_tile(rgb: torch.Tensor, max_side: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the run store
 
-RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9]{3}-[0-9a-f]{4}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.(json|png|f16)$")
 
 
@@ -309,17 +310,24 @@ class RunStore:
     root: Path
 
     def new_run(self, keep: int) -> tuple[str, Path]:
-        """A new empty run folder, after deleting the oldest runs so that `keep` remain with it."""
+        """A new empty run folder, after deleting the oldest runs so that `keep` remain with it. Ids are the UTC
+        start time to the millisecond, later than every run in the store, so their order is the runs' order."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.prune(max(keep - 1, 0))
+        newest = self.run_ids()[:1]
+        stamp = int(time.time() * 1000)
+        if newest:
+            day, clock, ms, _ = newest[0].split("-")
+            last = calendar.timegm(time.strptime(day + clock, "%Y%m%d%H%M%S"))
+            stamp = max(stamp, last * 1000 + int(ms) + 1)
         while True:
-            run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+            run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(stamp // 1000))}-{stamp % 1000:03d}-{secrets.token_hex(2)}"
             folder = self.root / run_id
             try:
                 folder.mkdir()
                 return run_id, folder
             except FileExistsError:
-                continue
+                stamp += 1
 
     def run_ids(self) -> list[str]:
         """The store's runs, newest first (by the folder's name: its UTC start time, then its random part)."""
@@ -337,7 +345,7 @@ class RunStore:
 
     def run_dir(self, run_id: str) -> Path:
         if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-            raise StoreError(f"run {run_id!r}: not a run id (YYYYMMDD-HHMMSS-xxxxxx)")
+            raise StoreError(f"run {run_id!r}: not a run id (YYYYMMDD-HHMMSS-mmm-xxxx)")
         folder = self.root / run_id
         if folder.is_symlink() or not folder.is_dir():
             raise StoreError(f"run {run_id}: not in the store (only the newest runs are kept; it may have been deleted)")

@@ -237,13 +237,13 @@ def test_explorer_compare_marks_the_differing_word(page, server):
 
 def test_a_deleted_run_gives_a_message(page, server):
     open_panel(page)
-    page.evaluate("""window.DiffusionAnatomyExplorer.runs.unshift({id: '20000101-000000-abcdef', prompt: 'gone', sampler: '?', seed: 0, status: 'complete'});
+    page.evaluate("""window.DiffusionAnatomyExplorer.runs.unshift({id: '20000101-000000-000-abcd', prompt: 'gone', sampler: '?', seed: 0, status: 'complete'});
         document.querySelector('.da-refresh') && true""")
     page.evaluate("""(() => { const s = window.DiffusionAnatomyExplorer; const sel = document.querySelector('.da-runs');
-        const o = document.createElement('option'); o.value = '20000101-000000-abcdef'; sel.append(o); sel.value = o.value;
+        const o = document.createElement('option'); o.value = '20000101-000000-000-abcd'; sel.append(o); sel.value = o.value;
         sel.dispatchEvent(new Event('change', {bubbles: true})); return true; })()""")
     message = page.wait_for("document.querySelector('.da-message')?.innerText.includes('no longer in the store') && document.querySelector('.da-message').innerText", 30)
     assert "not in the store" in message
     # the failed request for the deleted run is the only error, and it is the expected 404
-    errors = [m for m in page.pack_errors() if "20000101-000000-abcdef" not in m.text + m.url]
+    errors = [m for m in page.pack_errors() if "20000101-000000-000-abcd" not in m.text + m.url]
     assert errors == []

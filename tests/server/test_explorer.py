@@ -120,7 +120,7 @@ def test_bad_names_and_links_are_refused_and_the_server_keeps_serving(server, re
     secret = root.parent / "secret.json"
     secret.write_text('{"secret": true}')
     (root / run / "link.json").symlink_to(secret)
-    linked_run = "20000101-000000-abcdef"
+    linked_run = "20000101-000000-000-abcd"
     (root / linked_run).symlink_to(root / run, target_is_directory=True)
     bad = [f"{run}/..%2Fsecret.json", f"{run}/%2E%2E", f"..%2F{run}/index.json", f"{run}/link.json", f"{linked_run}/index.json",
            f"{run}/%2Fetc%2Fpasswd", f"{run}/index.py", f"nope/index.json", f"{run}/missing.png"]
