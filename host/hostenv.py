@@ -28,3 +28,19 @@ def python() -> str:
     if os.environ.get("COMFYUI_PATH"):
         return sys.executable
     return str(host_dir() / "venv" / "bin" / "python")
+
+
+# The newest ComfyUI frontend the pack is tested on besides the pinned one (host/constraints.txt pins
+# comfyui-frontend-package for the server; this one is served with --front-end-root).
+NEWEST_FRONTEND = "1.58.1"
+
+
+def frontends_dir() -> Path:
+    """Where host/install_frontend.sh unpacks frontend packages: DA_FRONTENDS_DIR, else <host dir>/frontends."""
+    return Path(os.environ.get("DA_FRONTENDS_DIR", host_dir() / "frontends")).resolve()
+
+
+def frontend_root(version: str = NEWEST_FRONTEND) -> Path:
+    """The static folder of comfyui-frontend-package==version, as --front-end-root wants it."""
+    return frontends_dir() / version / "comfyui_frontend_package" / "static"
+

@@ -13,16 +13,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import comfy.model_management as mm
 import comfy.patcher_extension
 import comfy.sd1_clip
-import torch
 
 from ..anatomy import attention_maps as am
-from ..anatomy import draw
 from ..anatomy import levels as lv
 from ..clip.tokenizer import BPETokenizer, find_tokenizer_dir
 from .common import CATEGORY, PREFIX
+from .view_output import shown
 
 ANATOMY = f"{CATEGORY}/anatomy"
 ATTENTION_TYPE, LEVELS_TYPE = "DA_ATTENTION_MAPS", "DA_UNET_LEVELS"
@@ -92,6 +90,7 @@ class CrossAttentionCapture:
 
 
 class CrossAttentionView:
+    OUTPUT_NODE = True  # shows its picture in the node
     DESCRIPTION = ("Cross-attention per word, part 2: one heatmap per word of the prompt over the final picture, showing where "
                    "the U-Net looked at that word while it removed the noise (DAAM: attention summed over heads, layers and "
                    "steps; each map scaled from its own least (dark blue) to its most (yellow)). A word of several BPE tokens gets the sum of its tokens. Give it the "
@@ -127,8 +126,8 @@ class CrossAttentionView:
         for i in range(image.shape[0]):
             heat = am.word_heatmaps(sums[min(i, sums.shape[0] - 1)], chosen)
             title = f"cross-attention per word: {len(attention_maps.sigmas)} model calls, {attention_maps.calls} layer calls summed"
-            pictures.append(draw.to_image_batch(am.render_words(image[i], heat, chosen, title)))
-        return (torch.cat(pictures).to(mm.intermediate_device()),)
+            pictures.append(am.render_words(image[i], heat, chosen, title))
+        return shown(pictures)
 
 
 class UNetLevelsCapture:
@@ -162,6 +161,7 @@ class UNetLevelsCapture:
 
 
 class UNetLevelsView:
+    OUTPUT_NODE = True  # shows its picture in the node
     DESCRIPTION = ("U-Net levels, part 2: the network inside at the chosen step, drawn as the U of the document: the encoder's "
                    "blocks going down on the left (the feature map halves at each level), the bottleneck (middle block) at the "
                    "bottom, the decoder's blocks going up on the right, a line for each skip connection, each panel labelled with "
@@ -187,7 +187,7 @@ class UNetLevelsView:
         found = levels.levels()
         title = f"U-Net levels at step {levels.step} of {levels.steps} ({mode})"
         picture = lv.render_u(levels.features, found, mode, title, picture=image[0])
-        return (draw.to_image_batch(picture).to(mm.intermediate_device()),)
+        return shown(picture)
 
 
 _NODES = {

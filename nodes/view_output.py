@@ -14,11 +14,16 @@ from PIL import Image
 from ..anatomy import draw
 
 
-def shown(picture: Image.Image, *more) -> dict:
-    """The node's result: (IMAGE, *more), with `picture` saved to the temp folder and shown in the node."""
-    name = f"diffusion_anatomy_{uuid.uuid4().hex[:12]}.png"
+def shown(picture: Image.Image | list[Image.Image], *more) -> dict:
+    """The node's result: (IMAGE, *more), with `picture` saved to the temp folder and shown in the node.
+    A list of pictures (one per image of a batch, all of one size) gives an IMAGE batch and shows each."""
+    pictures = picture if isinstance(picture, list) else [picture]
     folder = folder_paths.get_temp_directory()
     os.makedirs(folder, exist_ok=True)
-    picture.save(os.path.join(folder, name), compress_level=1)
-    image: torch.Tensor = draw.to_image_batch(picture)
-    return {"ui": {"images": [{"filename": name, "subfolder": "", "type": "temp"}]}, "result": (image, *more)}
+    ui = []
+    for one in pictures:
+        name = f"diffusion_anatomy_{uuid.uuid4().hex[:12]}.png"
+        one.save(os.path.join(folder, name), compress_level=1)
+        ui.append({"filename": name, "subfolder": "", "type": "temp"})
+    image: torch.Tensor = torch.cat([draw.to_image_batch(one) for one in pictures])
+    return {"ui": {"images": ui}, "result": (image, *more)}

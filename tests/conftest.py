@@ -45,17 +45,23 @@ def sd15(comfy) -> str:
     return sd15_random_checkpoint(comfy).name
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """One real ComfyUI server with the pack loaded, for the whole run."""
+def start_server(work: Path, **options):
+    """A real ComfyUI server with the pack loaded and the suite's generated models listed
+    (`options` go to ComfyServer.start, e.g. front_end_root)."""
     from comfy_server import ComfyServer
 
     from support.checkpoints import FIXTURES
 
     for kind in ("loras", "controlnet"):  # generated models land here; the server lists them
         (FIXTURES / kind).mkdir(parents=True, exist_ok=True)
-    srv = ComfyServer.start(work=tmp_path_factory.mktemp("comfy"), checkpoints=[FIXTURES], loras=[FIXTURES / "loras"],
-                            controlnet=[FIXTURES / "controlnet"])
+    return ComfyServer.start(work=work, checkpoints=[FIXTURES], loras=[FIXTURES / "loras"],
+                             controlnet=[FIXTURES / "controlnet"], **options)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real ComfyUI server with the pack loaded, for the whole run."""
+    srv = start_server(tmp_path_factory.mktemp("comfy"))
     yield srv
     srv.stop()
 

@@ -21,7 +21,8 @@ SAVED_VIEWS = {"DiffusionAnatomyCrossAttentionView", "DiffusionAnatomyUNetLevels
 RECORDER = "DiffusionAnatomyDenoisingStepsRecorder"
 
 
-def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, server):
+def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, frontend):
+    server = frontend.server
     wf = json.loads((WORKFLOWS / "Anatomy Tour.json").read_text())
     page.load_workflow(wf, "anatomy_tour")
     nodes = page.nodes()
@@ -63,5 +64,5 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, server):
         if source["type"] in SAVED_VIEWS:
             (item,) = outputs[str(save["id"])]["images"]
             assert any(f"filename={item['filename']}" in u for u in page.node_image_urls(save["id"])), source["type"]
-    page.screenshot(artifacts_dir() / "anatomy_tour.png")
+    page.screenshot(artifacts_dir() / frontend.name / "anatomy_tour.png")
     assert page.pack_errors() == []

@@ -40,17 +40,17 @@ def open_bundled(page, title: str) -> dict:
 
 
 def test_a_missing_node_type_is_reported(page):
-    # the checks below can fail: an unknown type is listed and the frontend says so in a dialog
+    # the checks below can fail: an unknown type is listed and the frontend says so (a dialog or an alert)
     wf = json.loads((WORKFLOWS / "Text to Image.json").read_text())
     wf["nodes"][0]["type"] = "NoSuchNodeAnywhere"
     page.load_workflow(wf)
     assert page.missing_node_types() == ["NoSuchNodeAnywhere"]
-    assert any("NoSuchNodeAnywhere" in text for text in page.dialog_texts())
+    page.wait_for_notice("NoSuchNodeAnywhere")
 
 
-def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page):
+def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page, frontend):
     cards = page.open_templates(CATEGORY)
-    page.screenshot(artifacts_dir() / "templates.png")
+    page.screenshot(artifacts_dir() / frontend.name / "templates.png")
     assert sorted(c["title"] for c in cards) == sorted(p.stem for p in UI)
     for card in cards:
         assert " " in card["title"] and "_" not in card["title"], card  # a title, not a file name
@@ -61,11 +61,11 @@ def test_template_browser_shows_the_workflows_with_thumbnails_and_titles(page):
 
 
 @pytest.mark.parametrize("path", UI, ids=[p.stem for p in UI])
-def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, path):
+def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, frontend, path):
     wf = open_bundled(page, path.stem)
     nodes = page.nodes()
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in wf["nodes"])
-    assert page.missing_node_types() == [] and page.dialog_texts() == []
+    assert page.missing_node_types() == [] and page.notices() == []
     assert any(n["type"] == "Note" for n in nodes) and page.evaluate("app.graph._groups.length") >= 3
     for n in nodes:  # every widget visible, and no node much larger than its widgets need
         if n["type"] == "Note":
@@ -78,12 +78,13 @@ def test_bundled_workflow_opens_with_fitting_nodes_and_is_the_api_graph(page, pa
     api = json.loads((WORKFLOWS / "api" / f"{slug(path.stem)}.json").read_text())
     ids = {nid: i + 1 for i, nid in enumerate(api)}  # UI node ids number the API nodes in file order
     assert canonical(prompt, int) == canonical(api, ids.__getitem__)
-    page.screenshot(artifacts_dir() / f"{path.stem}.png")
+    page.screenshot(artifacts_dir() / frontend.name / f"{path.stem}.png")
     assert page.pack_errors() == []
 
 
-def test_image_to_image_runs_from_the_template_browser(page, server):
+def test_image_to_image_runs_from_the_template_browser(page, frontend):
     """A fresh ComfyUI, no file copied: pick the template, queue it, its picture shows in Save Image."""
+    server = frontend.server
     assert not (server.work / "input" / "example.png").exists()  # the picture comes from the pack's node
     page.open_templates(CATEGORY)
     page.evaluate("document.querySelector('[data-testid=\"template-workflow-Image to Image\"]').click()")
@@ -99,5 +100,5 @@ def test_image_to_image_runs_from_the_template_browser(page, server):
     fetched = page.evaluate(f"fetch({json.dumps(shown)}).then(r => r.arrayBuffer()).then(b => b.byteLength)")
     assert fetched == written.stat().st_size
     assert np.asarray(Image.open(written).convert("RGB")).shape == (64, 64, 3)
-    page.screenshot(artifacts_dir() / "image_to_image.png")
+    page.screenshot(artifacts_dir() / frontend.name / "image_to_image.png")
     assert page.pack_errors() == []

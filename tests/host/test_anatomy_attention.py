@@ -73,10 +73,12 @@ def test_views_draw_on_core_models(comfy, core_sd15):
     patched, levels = nodes.UNetLevelsCapture().capture(patched, step=1)
     sample(comfy, patched, clip, steps=2)
     picture = torch.rand(1, SIZE, SIZE, 3)
-    (image,) = nodes.CrossAttentionView().view(maps, picture, clip, PROMPT, "astronaut, horse")
+    shown = nodes.CrossAttentionView().view(maps, picture, clip, PROMPT, "astronaut, horse")
+    (image,) = shown["result"]
+    assert len(shown["ui"]["images"]) == image.shape[0]  # the picture is shown in the node too
     assert image.shape[0] == 1 and image.shape[-1] == 3 and image.shape[2] >= 3 * 192  # picture + 2 words
     assert [(x.name, x.shape) for x in levels.levels()] == [(x.name, x.shape) for x in lv.level_shapes(SD15, SIZE // 8, SIZE // 8)]
-    (u,) = nodes.UNetLevelsView().view(levels, picture, "pca_rgb")
+    (u,) = nodes.UNetLevelsView().view(levels, picture, "pca_rgb")["result"]
     assert u.shape[2] == (lv.PANEL + 12) * 24 + 12 + 2 * lv.PANEL + 12
     with pytest.raises(ValueError, match="words: 'zebra' not in the prompt"):
         nodes.CrossAttentionView().view(maps, picture, clip, PROMPT, "zebra")

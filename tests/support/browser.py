@@ -184,15 +184,17 @@ class Browser:
             time.sleep(0.2)
 
     # --- ComfyUI ---
-    def open_app(self, url: str, timeout: float = 300.0) -> None:
+    def open_app(self, url: str, settings: dict | None = None, timeout: float = 300.0) -> None:
         """Load ComfyUI's frontend and wait until the graph canvas and every extension are ready.
 
         Every visit starts alike: a new user's first visit opens the template browser by itself and
         later visits restore the last graph from the browser's storage, so the server's setting
         Comfy.TutorialCompleted is set first and the page's storage is emptied before its scripts run:
         the page opens on ComfyUI's default graph with no dialog (open_templates() opens the browser
-        on purpose)."""
-        settings = {"Comfy.TutorialCompleted": True}
+        on purpose). `settings` are further user settings stored on the server before the page loads
+        (e.g. {"Comfy.VueNodes.Enabled": True}: the Vue node renderer of frontends 1.27+); with that one
+        on, the wait includes the default graph's nodes drawn as DOM elements."""
+        settings = {"Comfy.TutorialCompleted": True, **(settings or {})}
         req = urllib.request.Request(f"{url}/api/settings", data=json.dumps(settings).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=30).close()
@@ -201,6 +203,26 @@ class Browser:
         self.wait_for("!!(window.app && app.graph && app.canvas && app.vueAppReady && app.extensionManager"
                       " && document.querySelector('canvas#graph-canvas') && app.graph._nodes.length)",
                       timeout, "ComfyUI's frontend and its default graph")
+        if settings.get("Comfy.VueNodes.Enabled"):
+            self.wait_for("document.querySelectorAll('[data-node-id]').length > 0", timeout, "the Vue node renderer")
+
+    def reuse_app(self, url: str, settings: dict | None = None) -> None:
+        """Start a test on the app as open_app leaves it, reloading only when needed: when another
+        server or other settings are wanted, or when a dialog or alert stays open after Escape and
+        the frontend's toast service (extensionManager.toast.removeAll) were tried. A reload costs
+        5-15 s; tests load their own workflow, so the graph a test leaves behind does not matter."""
+        want = (url, json.dumps(settings or {}, sort_keys=True))
+        if getattr(self, "_opened", None) == want:
+            try:
+                self.close_dialogs(timeout=10)
+            except BrowserError:
+                pass
+            self.evaluate("app.extensionManager.toast?.removeAll?.(); true")
+            if not self.notices():
+                self.console.clear()
+                return
+        self.open_app(url, settings)
+        self._opened = want
 
     def press(self, key: str, code: str, key_code: int) -> None:
         """One real key press (down and up) on the page."""
@@ -269,8 +291,19 @@ class Browser:
                              ".map(n => n.type)")
 
     def dialog_texts(self) -> list[str]:
-        """The text of every open dialog (e.g. the missing-nodes or an error dialog)."""
+        """The text of every open dialog (e.g. an error dialog, or 1.32's missing-nodes dialog)."""
         return self.evaluate("[...document.querySelectorAll('[role=dialog]')].map(d => d.innerText)")
+
+    def wait_for_notice(self, text: str, timeout: float = 60.0) -> list[str]:
+        """Wait until a dialog or alert says `text`; return the notices."""
+        return self.wait_for(f"""(() => {{ const t = [...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')].map(d => d.innerText.trim()).filter(Boolean);
+            return t.some(x => x.includes({json.dumps(text)})) ? t : null; }})()""", timeout, f"a notice saying {text!r}")
+
+    def notices(self) -> list[str]:
+        """What the frontend tells the user now: open dialogs and alerts (1.58 reports missing nodes
+        in a status toast where 1.32 opens a dialog); empty regions left out."""
+        return self.evaluate("[...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')]"
+                             ".map(d => d.innerText.trim()).filter(Boolean)")
 
     def queue(self, timeout: float = 180.0) -> str:
         """Queue the current graph as the Queue button does (app.queuePrompt); return the server's prompt id.
