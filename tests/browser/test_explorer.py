@@ -98,11 +98,14 @@ def scrub(page, n: int, frames: int = 120) -> dict:
 
 
 def open_panel(page) -> None:
-    page.evaluate(f"app.extensionManager.command.execute({json.dumps(TAB)}).then(() => true)")
+    """Open the sidebar tab by its command (the tab's button runs the same); a reused page may have it open."""
+    if not page.evaluate("!!document.querySelector('.da-explorer')"):
+        page.evaluate(f"Promise.resolve(app.extensionManager.command.execute({json.dumps(TAB)})).then(() => true)")
     page.wait_for("!!document.querySelector('.da-explorer')", 30, "the Diffusion Anatomy panel")
 
 
-def test_explorer_panel_shows_the_servers_run(page, server):
+def test_explorer_panel_shows_the_servers_run(page, frontend):
+    server = frontend.server
     open_panel(page)
     page.evaluate("window.DiffusionAnatomyExplorer.seen = []; app.api.addEventListener('diffusion_anatomy.explorer', "
                   "e => window.DiffusionAnatomyExplorer.seen.push(e.detail)); true")
@@ -129,7 +132,7 @@ def test_explorer_panel_shows_the_servers_run(page, server):
     page.press("ArrowLeft", "ArrowLeft", 37)
     assert page.evaluate("window.DiffusionAnatomyExplorer.step") == n - 2
     set_input(page, ".da-step", 7)
-    page.screenshot(artifacts_dir() / "explorer_timeline.png")
+    page.screenshot(artifacts_dir() / f"explorer_timeline_{frontend.name}.png")
 
     # scrubbing speed: every step in turn, one redraw per animation frame
     fps = scrub(page, n)
@@ -144,6 +147,7 @@ def test_explorer_panel_shows_the_servers_run(page, server):
     click(page, ".da-tab[data-part=words]")
     click(page, f".da-token[data-index='{circle}']")
     k = 7
+    set_input(page, ".da-step", k)
     for summed in (False, True):
         if summed:
             click(page, ".da-sum")
@@ -171,7 +175,7 @@ def test_explorer_panel_shows_the_servers_run(page, server):
           f"95th percentile {fps['p95_ms']:.2f} ms")
     assert 1000 / fps["p95_ms"] >= 30
     set_input(page, ".da-step", k)
-    page.screenshot(artifacts_dir() / "explorer_words.png")
+    page.screenshot(artifacts_dir() / f"explorer_words_{frontend.name}.png")
 
     # Guidance: the what-if at the run's CFG is the recorded guided x0 through the run's linear map
     click(page, ".da-tab[data-part=guidance]")
@@ -187,26 +191,27 @@ def test_explorer_panel_shows_the_servers_run(page, server):
     assert np.abs(canvas_pixels(page, "guidance.whatif").astype(int) - to_rgb(lat[k, 2]).round()).max() <= 1
     assert np.abs(to_rgb(lat[k, 2]) - guided).max() > 10  # the two differ: the comparison can fail
     set_input(page, ".da-scale", index["cfg"])
-    page.screenshot(artifacts_dir() / "explorer_guidance.png")
+    page.screenshot(artifacts_dir() / f"explorer_guidance_{frontend.name}.png")
 
     # Inside the U: the levels at this step; a click shows a level's strongest channels
     click(page, ".da-tab[data-part=unet]")
     assert page.evaluate("document.querySelectorAll('.da-level-box').length") == len(index["unet"]["names"])
     click(page, ".da-level-box[data-level=middle]")
     assert page.evaluate("document.querySelectorAll('.da-part-unet figure').length") == 4
-    page.screenshot(artifacts_dir() / "explorer_unet.png")
+    page.screenshot(artifacts_dir() / f"explorer_unet_{frontend.name}.png")
 
     # Thai: every part's explanation and the labels, kept as a ComfyUI setting
     set_input(page, ".da-lang", "th", "change")
     text = page.evaluate("document.querySelector('.da-explorer').innerText")
     assert "ภายในตัว U" in text and "ขั้นที่" in text
     assert page.wait_for("app.extensionManager.setting.get('DiffusionAnatomy.Explorer.Language') === 'th'", 10)
-    page.screenshot(artifacts_dir() / "explorer_thai.png")
+    page.screenshot(artifacts_dir() / f"explorer_thai_{frontend.name}.png")
     set_input(page, ".da-lang", "en", "change")
     assert page.pack_errors() == []
 
 
-def test_explorer_compare_marks_the_differing_word(page, server):
+def test_explorer_compare_marks_the_differing_word(page, frontend):
+    server = frontend.server
     open_panel(page)
     b, a = run_workflow(page, server, "Anatomy Explorer Compare", 2)
     ia, ib = server_index(server, a), server_index(server, b)
@@ -231,11 +236,11 @@ def test_explorer_compare_marks_the_differing_word(page, server):
         th, tw = idx["pictures"]["tile"]
         r, c = divmod(n - 1, idx["pictures"]["columns"])
         assert np.array_equal(canvas_pixels(page, name), atlas[r * th:(r + 1) * th, c * tw:(c + 1) * tw])
-    page.screenshot(artifacts_dir() / "explorer_compare.png")
+    page.screenshot(artifacts_dir() / f"explorer_compare_{frontend.name}.png")
     assert page.pack_errors() == []
 
 
-def test_a_deleted_run_gives_a_message(page, server):
+def test_a_deleted_run_gives_a_message(page, frontend):
     open_panel(page)
     page.evaluate("""window.DiffusionAnatomyExplorer.runs.unshift({id: '20000101-000000-000-abcd', prompt: 'gone', sampler: '?', seed: 0, status: 'complete'});
         document.querySelector('.da-refresh') && true""")
