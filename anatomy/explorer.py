@@ -118,7 +118,7 @@ def level_pictures(feature: torch.Tensor) -> LevelPictures:
 
 
 @dataclass
-class Recording:
+class Recording(lv.BlockPatches):
     """What one sampling run did, for the explorer; the instance is the hook of every kind (see the module docstring).
 
     tokens: the prompt's BOS / words / EOS (prompt_tokens) and context_length its tokens in all chunks;
@@ -207,8 +207,8 @@ class Recording:
         self._maps[level] += words
         self.attention_calls += 1
 
-    # ---- block patches (U-Net levels)
-    def _keep_level(self, name: str, h: torch.Tensor, options: dict) -> None:
+    # ---- block patches (U-Net levels): input_block_patch / output_block_patch of lv.BlockPatches call this
+    def _take(self, name: str, h: torch.Tensor, options: dict) -> None:
         sample_sigmas, sigma = options.get("sample_sigmas"), options.get("sigmas")
         if not self.levels_every or sample_sigmas is None or sigma is None:
             return
@@ -221,18 +221,7 @@ class Recording:
         kept = self.levels.setdefault(wanted[0], {})
         if name in kept:  # a later call at the same sigma (second-order samplers): the step's first is kept
             return
-        chunks = options.get("cond_or_uncond") or [0]
-        row = chunks.index(0) * (h.shape[0] // len(chunks)) if 0 in chunks else 0
-        kept[name] = level_pictures(h[row])
-
-    def input_block_patch(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
-        self._keep_level(f"input {transformer_options['block'][1]}", h, transformer_options)
-        return h
-
-    def output_block_patch(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
-        index = transformer_options["block"][1]
-        self._keep_level("middle" if index == 0 else f"output {index - 1}", h, transformer_options)
-        return h, hsp
+        kept[name] = level_pictures(h[lv.first_cond_row(h, options)])
 
 
 # --------------------------------------------------------------------------- pictures and the linear preview

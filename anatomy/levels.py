@@ -73,8 +73,31 @@ def level_shapes(config: UNetConfig, height: int, width: int) -> list[Level]:
     return inputs + [middle] + outputs[:-1]
 
 
+def first_cond_row(h: torch.Tensor, options: dict) -> int:
+    """The batch row of the first picture's positive prompt (ComfyUI's `cond_or_uncond`: 0 marks a positive chunk)."""
+    chunks = options.get("cond_or_uncond") or [0]
+    return chunks.index(0) * (h.shape[0] // len(chunks)) if 0 in chunks else 0
+
+
+class BlockPatches:
+    """ComfyUI's block patches as two methods that hand each level's feature map, named as `Level.name`,
+    to `self._take(name, h, transformer_options)` and return what they got (sampling unchanged)."""
+
+    def _take(self, name: str, h: torch.Tensor, options: dict) -> None:
+        raise NotImplementedError
+
+    def input_block_patch(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        self._take(f"input {transformer_options['block'][1]}", h, transformer_options)
+        return h
+
+    def output_block_patch(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
+        index = transformer_options["block"][1]
+        self._take("middle" if index == 0 else f"output {index - 1}", h, transformer_options)
+        return h, hsp
+
+
 @dataclass
-class LevelRecorder:
+class LevelRecorder(BlockPatches):
     """Block patches that keep the feature maps of one step: the first conditional picture of the batch,
     at the U-Net's first evaluation at sigma = sample_sigmas[step] (the step's start)."""
 
@@ -100,19 +123,7 @@ class LevelRecorder:
         target = float(sample_sigmas[self.step])
         if name in self.features or not math.isclose(float(sigma.flatten()[0]), target, rel_tol=1e-5, abs_tol=1e-8):
             return
-        chunks = options.get("cond_or_uncond") or [0]
-        per = h.shape[0] // len(chunks)
-        row = chunks.index(0) * per if 0 in chunks else 0
-        self.features[name] = h[row].detach().float().cpu()
-
-    def input_block_patch(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
-        self._take(f"input {transformer_options['block'][1]}", h, transformer_options)
-        return h
-
-    def output_block_patch(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
-        index = transformer_options["block"][1]
-        self._take("middle" if index == 0 else f"output {index - 1}", h, transformer_options)
-        return h, hsp
+        self.features[name] = h[first_cond_row(h, options)].detach().float().cpu()
 
     def levels(self) -> list[Level]:
         """What was captured, in the U's order (input blocks, middle, output blocks)."""

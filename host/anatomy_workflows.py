@@ -206,10 +206,14 @@ def explorer_run(g: Graph, ckpt: str, prompt: str, label: str, seed: int = 42) -
     return out
 
 
+def model_stage(g: Graph) -> str:
+    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
+    return g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+
+
 def explorer() -> Graph:
     g = Graph()
-    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
-    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    ckpt = model_stage(g)
     g.stage("Record the run, then open the panel \"Diffusion Anatomy\"", NOTES["explorer"])
     explorer_run(g, ckpt, PROMPT, "")
     return g
@@ -217,8 +221,7 @@ def explorer() -> Graph:
 
 def explorer_compare() -> Graph:
     g = Graph()
-    g.stage("1. The model: CLIP, U-Net, VAE", NOTES["model"])
-    ckpt = g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+    ckpt = model_stage(g)
     g.stage("Run A: circle", NOTES["explorer_compare"])
     explorer_run(g, ckpt, PROMPT, "A")
     g.stage("Run B: square, the same seed", NOTES["explorer_compare"])
