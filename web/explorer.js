@@ -219,13 +219,18 @@ function lineChart(series, k, cls) { // series: [{values, colour}] on one y scal
 // ------------------------------------------------------------------------------------------ the parts
 
 function timelinePart(run, k) {
-  const [th, tw] = run.index.pictures.tile;
-  const views = [["x_t", t().xt], ["x0", t().x0], ["noise", t().noise]].map(([kind, label]) => {
-    const c = canvas(`timeline.${kind}`, tw, th, 150);
-    drawTile(c, run, kind, k);
-    return figure(c, label);
-  });
-  return [h("div", { class: "da-row" }, views), h("div", { class: "da-sub" }, t().schedule), sigmaChart(run.index, k)];
+  const [th, tw] = run.index.pictures.tile, kinds = ["x_t", "x0", "noise"];
+  const canvases = kinds.map((kind) => canvas(`timeline.${kind}`, tw, th, 150));
+  let chart = sigmaChart(run.index, k);
+  state.onStep = (step) => { // scrubbing redraws in place
+    kinds.forEach((kind, j) => drawTile(canvases[j], run, kind, step));
+    const next = sigmaChart(run.index, step);
+    chart.replaceWith(next);
+    chart = next;
+  };
+  kinds.forEach((kind, j) => drawTile(canvases[j], run, kind, k));
+  return [h("div", { class: "da-row" }, canvases.map((c, j) => figure(c, [t().xt, t().x0, t().noise][j]))),
+    h("div", { class: "da-sub" }, t().schedule), chart];
 }
 
 function tokenStrip(run, onPick, diff = null) {
@@ -250,16 +255,21 @@ function wordsPart(run, k) {
   if (state.word === null) return [...out, h("p", { class: "da-note" }, t().pickWord)];
   const [th, tw] = run.index.pictures.tile;
   const over = canvas("words.overlay", tw, th, 192);
-  drawTile(over, run, "x0", k);
   const heat = canvas("words.heat", ww, hh, 192, "da-pixelated");
-  drawHeat(heat, wordMap(run, state.word, k, state.level, state.sumSteps), hh, ww);
-  const ctx = over.getContext("2d");
-  ctx.globalAlpha = 0.6;
-  ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(heat, 0, 0, tw, th);
-  ctx.globalAlpha = 1;
+  const draw = (step) => {
+    drawTile(over, run, "x0", step);
+    drawHeat(heat, wordMap(run, state.word, step, state.level, state.sumSteps), hh, ww);
+    const ctx = over.getContext("2d");
+    ctx.globalAlpha = 0.6;
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(heat, 0, 0, tw, th);
+    ctx.globalAlpha = 1;
+  };
+  draw(k);
+  state.onStep = draw;
   const ranking = h("ol", { class: "da-ranking" });
   over.addEventListener("mousemove", (e) => {
+    const k = state.step;
     const r = over.getBoundingClientRect();
     const px = Math.min(ww - 1, Math.floor(((e.clientX - r.left) / r.width) * ww)), py = Math.min(hh - 1, Math.floor(((e.clientY - r.top) / r.height) * hh));
     const at = py * ww + px, vals = [];
@@ -276,18 +286,20 @@ function wordsPart(run, k) {
 function guidancePart(run, k) {
   if (!run.index.guidance) return [h("p", { class: "da-note" }, t().noGuidance)];
   const [, , , hh, ww] = run.index.latents.shape, [th, tw] = run.index.pictures.tile;
-  const tiles = [["cond", t().cond], ["uncond", t().uncond], ["x0", t().guided]].map(([kind, label]) => {
-    const c = canvas(`guidance.${kind}`, tw, th, 110);
-    drawTile(c, run, kind, k);
-    return figure(c, label);
-  });
+  const kinds = ["cond", "uncond", "x0"], canvases = kinds.map((kind) => canvas(`guidance.${kind}`, tw, th, 110));
+  const tiles = canvases.map((c, j) => figure(c, [t().cond, t().uncond, t().guided][j]));
   const cfg = run.index.cfg, s = state.scale ?? cfg;
-  const cond = latent(run, k, "cond"), uncond = latent(run, k, "uncond"), mix = new Float32Array(cond.length);
-  for (let i = 0; i < mix.length; i++) mix[i] = uncond[i] + s * (cond[i] - uncond[i]);
   const whatIf = canvas("guidance.whatif", ww, hh, 150, "da-pixelated");
-  drawLatent(whatIf, run, mix);
   const linear = canvas("guidance.guided_linear", ww, hh, 150, "da-pixelated");
-  drawLatent(linear, run, latent(run, k, "x0"));
+  const draw = (step) => {
+    kinds.forEach((kind, j) => drawTile(canvases[j], run, kind, step));
+    const cond = latent(run, step, "cond"), uncond = latent(run, step, "uncond"), mix = new Float32Array(cond.length);
+    for (let i = 0; i < mix.length; i++) mix[i] = uncond[i] + s * (cond[i] - uncond[i]);
+    drawLatent(whatIf, run, mix);
+    drawLatent(linear, run, latent(run, step, "x0"));
+  };
+  draw(k);
+  state.onStep = draw;
   const slider = h("input", { type: "range", class: "da-scale", min: 0, max: Math.max(20, 2 * cfg), step: 0.1, value: s,
     oninput: (e) => { state.scale = Number(e.target.value); render(); } });
   return [h("div", { class: "da-row" }, tiles),
@@ -399,8 +411,16 @@ function runTitle(r) {
 function setStep(k) {
   const n = state.run?.index.recorded_steps || 1;
   state.step = Math.min(Math.max(k, 0), n - 1);
-  render();
+  if (!state.onStep || !root) { render(); return; }
+  // the part redraws its pictures in place; only the slider and its label change besides
+  const rec = state.run.index.recorded[state.step], slider = root.querySelector(".da-step");
+  if (slider && Number(slider.value) !== state.step) slider.value = state.step;
+  root.querySelector(".da-step-label").textContent = stepLabel(rec, state.run.index);
+  state.onStep(state.step);
+  state.renders++;
 }
+
+function stepLabel(rec, idx) { return `${t().stepOf(rec.i + 1, idx.steps)} · ${t().sigma} ${rec.sigma.toPrecision(3)}`; }
 
 function play() {
   if (state.playing) { clearInterval(state.playing); state.playing = null; render(); return; }
@@ -427,6 +447,7 @@ function header() {
 function render() {
   if (!root) return;
   state.canvases = {};
+  state.onStep = null; // set again by a part that can redraw a new step in place
   const body = [header()];
   if (state.error) body.push(h("p", { class: "da-error" }, state.error));
   if (state.message) body.push(h("p", { class: "da-note da-message" }, state.message));
@@ -444,7 +465,7 @@ function render() {
         h("button", { class: "da-back", title: t().back, onclick: () => setStep(state.step - 1) }, "◀"),
         h("button", { class: "da-play", title: state.playing ? t().pause : t().play, onclick: play }, state.playing ? "⏸" : "▶"),
         h("button", { class: "da-forward", title: t().forward, onclick: () => setStep(state.step + 1) }, "▶|"),
-        slider, h("span", { class: "da-step-label" }, `${t().stepOf(rec.i + 1, idx.steps)} · ${t().sigma} ${rec.sigma.toPrecision(3)}`)));
+        slider, h("span", { class: "da-step-label" }, stepLabel(rec, idx))));
       body.push(h("div", { class: "da-tabs" }, PARTS.map((p) => h("button", { class: `da-tab${state.part === p ? " da-selected" : ""}`, "data-part": p,
         onclick: () => { state.part = p; render(); } }, t().parts[p]))));
       body.push(h("p", { class: "da-explain" }, t().explain[state.part]));
