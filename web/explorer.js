@@ -220,7 +220,7 @@ function lineChart(series, k, cls) { // series: [{values, colour}] on one y scal
 
 function timelinePart(run, k) {
   const [th, tw] = run.index.pictures.tile, kinds = ["x_t", "x0", "noise"];
-  const canvases = kinds.map((kind) => canvas(`timeline.${kind}`, tw, th, 150));
+  const canvases = kinds.map((kind) => canvas(`timeline.${kind}`, tw, th, 118));
   let chart = sigmaChart(run.index, k);
   state.onStep = (step) => { // scrubbing redraws in place
     kinds.forEach((kind, j) => drawTile(canvases[j], run, kind, step));
@@ -254,8 +254,8 @@ function wordsPart(run, k) {
     h("div", { class: "da-controls" }, h("label", {}, `${t().level} `, levelSelect), h("label", {}, sum, ` ${t().sumSteps}`))];
   if (state.word === null) return [...out, h("p", { class: "da-note" }, t().pickWord)];
   const [th, tw] = run.index.pictures.tile;
-  const over = canvas("words.overlay", tw, th, 192);
-  const heat = canvas("words.heat", ww, hh, 192, "da-pixelated");
+  const over = canvas("words.overlay", tw, th, 150);
+  const heat = canvas("words.heat", ww, hh, 96, "da-pixelated");
   const draw = (step) => {
     drawTile(over, run, "x0", step);
     drawHeat(heat, wordMap(run, state.word, step, state.level, state.sumSteps), hh, ww);
@@ -286,11 +286,11 @@ function wordsPart(run, k) {
 function guidancePart(run, k) {
   if (!run.index.guidance) return [h("p", { class: "da-note" }, t().noGuidance)];
   const [, , , hh, ww] = run.index.latents.shape, [th, tw] = run.index.pictures.tile;
-  const kinds = ["cond", "uncond", "x0"], canvases = kinds.map((kind) => canvas(`guidance.${kind}`, tw, th, 110));
+  const kinds = ["cond", "uncond", "x0"], canvases = kinds.map((kind) => canvas(`guidance.${kind}`, tw, th, 76));
   const tiles = canvases.map((c, j) => figure(c, [t().cond, t().uncond, t().guided][j]));
   const cfg = run.index.cfg, s = state.scale ?? cfg;
-  const whatIf = canvas("guidance.whatif", ww, hh, 150, "da-pixelated");
-  const linear = canvas("guidance.guided_linear", ww, hh, 150, "da-pixelated");
+  const whatIf = canvas("guidance.whatif", ww, hh, 118, "da-pixelated");
+  const linear = canvas("guidance.guided_linear", ww, hh, 118, "da-pixelated");
   const draw = (step) => {
     kinds.forEach((kind, j) => drawTile(canvases[j], run, kind, step));
     const cond = latent(run, step, "cond"), uncond = latent(run, step, "uncond"), mix = new Float32Array(cond.length);
@@ -370,7 +370,7 @@ function comparePart(run, k) {
   const words = (r) => new Set(r.index.tokens.items.filter((x) => x.kind === "word").map((x) => x.text.toLowerCase()));
   const wa = words(run), wb = words(b), diff = new Set([...wa, ...wb].filter((w) => !(wa.has(w) && wb.has(w))));
   const tile = (r, name) => {
-    const [th, tw] = r.index.pictures.tile, c = canvas(name, tw, th, 140);
+    const [th, tw] = r.index.pictures.tile, c = canvas(name, tw, th, 118);
     drawTile(c, r, "x0", kk);
     return c;
   };
