@@ -213,7 +213,8 @@ def test_explorer_panel_shows_the_servers_run(page, frontend):
 def test_explorer_compare_marks_the_differing_word(page, frontend):
     server = frontend.server
     open_panel(page)
-    b, a = run_workflow(page, server, "Anatomy Explorer Compare", 2)
+    runs = {server_index(server, r)["label"]: r for r in run_workflow(page, server, "Anatomy Explorer Compare", 2)}
+    a, b = runs["A"], runs["B"]  # ComfyUI may run the two branches in either order
     ia, ib = server_index(server, a), server_index(server, b)
     assert ia["label"] == "A" and ib["label"] == "B" and ia["seed"] == ib["seed"]
     set_input(page, ".da-runs", a, "change")
