@@ -64,6 +64,23 @@ def fold_tokens(maps: torch.Tensor, tokens: int) -> torch.Tensor:
     return reduce(maps, "... (k t) h w -> ... t h w", "sum", t=tokens)
 
 
+def layer_grid(probs: torch.Tensor, extra_options: dict) -> torch.Tensor | None:
+    """One layer call's head-averaged probabilities [b, n, m] as maps [batch, m, H, W] at the latent's size,
+    the conditional rows only (ComfyUI's `cond_or_uncond`: 0 marks the positive prompt's chunks, 1 the
+    negative's; several positive conds add up); None for an unconditional-only call."""
+    chunks = extra_options.get("cond_or_uncond") or [0]
+    per = probs.shape[0] // len(chunks)
+    rows = [i for i, c in enumerate(chunks) if c == 0]
+    if not rows:  # an unconditional-only call (e.g. some guiders): nothing to learn about the prompt
+        return None
+    probs = torch.cat([probs[i * per:(i + 1) * per] for i in rows])  # [r*per, n, m]
+    latent = tuple(extra_options["original_shape"][-2:])
+    h, w = feature_size(probs.shape[1], latent, extra_options.get("activations_shape"))
+    grid = rearrange(probs, "b (h w) m -> b m h w", h=h, w=w)
+    grid = F.interpolate(grid, size=latent, mode="bilinear", align_corners=False) if (h, w) != latent else grid
+    return reduce(grid, "(r b) m h w -> b m h w", "sum", r=len(rows))
+
+
 @dataclass
 class CrossAttentionMaps:
     """The running DAAM sum of one sampling run; use an instance as an `attn2` replace patch.
@@ -99,18 +116,9 @@ class CrossAttentionMaps:
 
     def add(self, probs: torch.Tensor, heads: int, extra_options: dict) -> None:
         """Add one layer call's head-averaged probabilities [b, n, m] (conditional rows only)."""
-        chunks = extra_options.get("cond_or_uncond") or [0]
-        per = probs.shape[0] // len(chunks)
-        rows = [i for i, c in enumerate(chunks) if c == 0]
-        if not rows:  # an unconditional-only call (e.g. some guiders): nothing to learn about the prompt
+        grid = layer_grid(probs, extra_options)
+        if grid is None:
             return
-        # the positive prompt's chunks, each [per, ...]; several positive conds add up
-        probs = torch.cat([probs[i * per:(i + 1) * per] for i in rows])  # [r*per, n, m]
-        latent = extra_options["original_shape"][-2:]
-        h, w = feature_size(probs.shape[1], tuple(latent), extra_options.get("activations_shape"))
-        grid = rearrange(probs, "b (h w) m -> b m h w", h=h, w=w)
-        grid = F.interpolate(grid, size=tuple(latent), mode="bilinear", align_corners=False) if (h, w) != tuple(latent) else grid
-        grid = reduce(grid, "(r b) m h w -> b m h w", "sum", r=len(rows))
         if self.sums is None:
             self.sums = grid
         else:

@@ -156,6 +156,42 @@ def unet_levels() -> Graph:
     return g
 
 
+def explorer_run(g: Graph, ckpt: str, prompt: str, label: str, seed: int = 42) -> str:
+    """One recorded run: the prompt feeds the text encoder and the capture (so their tokens agree)."""
+    text = g.add("PrimitiveStringMultiline", f"Prompt {label}".strip(), value=prompt)
+    pos = g.add(f"{P}CLIPTextEncode", f"Positive prompt {label}".strip(), clip=[ckpt, 1], text=[text, 0])
+    neg = g.add(f"{P}CLIPTextEncode", f"Negative prompt {label}".strip(), clip=[ckpt, 1], text="")
+    cap = g.add(f"{P}ExplorerCapture", f"Anatomy Explorer Capture {label}".strip(), model=[ckpt, 0], clip=[ckpt, 1], text=[text, 0],
+                pictures="vae", levels_every=1, keep_runs=16, label=label, vae=[ckpt, 2])
+    out = text_to_image(g, {"ckpt": ckpt, "pos": pos, "neg": neg, "model": [cap, 0]}, seed=seed, stage=False)
+    dec = g.add(f"{P}VAEDecode", samples=[out, 0], vae=[ckpt, 2], tiled=False, tile_size=512)
+    save(g, [dec, 0], f"anatomy_explorer{'_' + label.lower() if label else ''}")
+    return out
+
+
+def model_stage(g: Graph) -> str:
+    g.stage(ANATOMY["model"])
+    return g.add(f"{P}CheckpointLoader", "Load Checkpoint", ckpt_name=EMBEDDED, prediction="auto")
+
+
+def explorer() -> Graph:
+    g = Graph()
+    ckpt = model_stage(g)
+    g.stage(ANATOMY["explorer"])
+    explorer_run(g, ckpt, PROMPT, "")
+    return g
+
+
+def explorer_compare() -> Graph:
+    g = Graph()
+    ckpt = model_stage(g)
+    g.stage(ANATOMY["explorer_a"])
+    explorer_run(g, ckpt, PROMPT, "A")
+    g.stage(ANATOMY["explorer_b"])
+    explorer_run(g, ckpt, PROMPT.replace("circle", "square"), "B")
+    return g
+
+
 def sigma_view(g: Graph, n: dict) -> None:
     g.stage(ANATOMY["sigmas"])
     ids = [g.add(f"{P}Scheduler", model=[n["ckpt"], 0], scheduler=s, steps=20, denoise=1.0) for s in ("karras", "normal", "exponential")]
@@ -174,6 +210,8 @@ def build() -> dict[str, Graph]:
     g = Graph(); n = base(g); sigma_view(g, n); graphs["anatomy_sigma_plot"] = g
     graphs["anatomy_cross_attention"] = cross_attention()
     graphs["anatomy_unet_levels"] = unet_levels()
+    graphs["anatomy_explorer"] = explorer()
+    graphs["anatomy_explorer_compare"] = explorer_compare()
     # the tour, in the document's order: CLIP reads the text; the U-Net inside (its levels, cross-attention);
     # the diffusion process, reverse (step by step: it makes the picture) and forward; the latent and the
     # VAE decoder; the samplers' schedules

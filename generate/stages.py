@@ -82,6 +82,15 @@ _NOTES = {
               "cross-attention, the decoder goes back up with skip connections from the encoder.",
     "attention": "Cross-attention per word: where in the picture the U-Net looked at each word of the prompt (DAAM: summed over heads, "
                  "layers and steps).",
+    "explorer": "Anatomy Explorer: the capture node hooks the MODEL (ComfyUI's own sampler, guidance, attention and block hooks) "
+                "and records this whole run: every step's x_t, x0 and noise, the conditional and unconditional predictions, each "
+                "word's cross-attention map per step and per level, the U-Net's levels. Sampling is unchanged. After the run, open "
+                "the sidebar tab \"Diffusion Anatomy\" (the eye icon on the left) to scrub the steps, click words, try another "
+                "guidance scale and look inside the U.",
+    "explorer_compare": "Anatomy Explorer Compare: two runs with the same seed and two prompts that differ in one word (circle, "
+                        "square), each recorded by its own capture node (labels A and B). In the panel \"Diffusion Anatomy\" pick "
+                        "run A, open Compare and choose run B: both on one timeline, the differing word highlighted, their x0 "
+                        "distance per step and their trajectories.",
     "sigmas": "Samplers and schedules: the sampler walks a descending list of noise levels sigma from pure noise to 0. Different "
               "schedules spend their steps differently; here three side by side on a log axis.",
 }
@@ -107,4 +116,7 @@ ANATOMY: dict[str, Stage] = {
     "capture_levels": _anatomy("The U-Net inside: capture each level", "capture_levels"),
     "levels": _anatomy("U-Net levels: down, bottleneck, up", "levels"),
     "sigmas": _anatomy("Samplers walk a noise schedule", "sigmas"),
+    "explorer": _anatomy("Record the run, then open the panel \"Diffusion Anatomy\"", "explorer"),
+    "explorer_a": _anatomy("Run A: circle", "explorer_compare"),
+    "explorer_b": _anatomy("Run B: square, the same seed", "explorer_compare"),
 }

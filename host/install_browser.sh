@@ -8,9 +8,11 @@ set -euo pipefail
 say() { printf '[browser] %s\n' "$*"; }
 die() { printf '[browser] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# Thai fonts: the explorer panel speaks Thai, and the browser tests look at it (Debian's TLWG fonts)
+thai_fonts() { fc-list :lang=th 2>/dev/null | grep -q . ; }
 for b in chromium chromium-browser google-chrome; do
-  if command -v "$b" >/dev/null 2>&1; then
-    say "$b present ($("$b" --version 2>/dev/null | head -1)); nothing to do"
+  if command -v "$b" >/dev/null 2>&1 && thai_fonts; then
+    say "$b present ($("$b" --version 2>/dev/null | head -1)), Thai fonts present; nothing to do"
     exit 0
   fi
 done
@@ -23,7 +25,7 @@ fi
 log="$(mktemp -t da-browser-install.XXXXXX)"
 say "installing Debian's chromium (apt-get; log: $log)"
 $sudo apt-get update -qq >>"$log" 2>&1 || { tail -n 15 "$log" >&2; die "apt-get update failed"; }
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-liberation >>"$log" 2>&1 \
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium fonts-liberation fonts-thai-tlwg >>"$log" 2>&1 \
   || { tail -n 15 "$log" >&2; die "apt-get could not install chromium"; }
 command -v chromium >/dev/null 2>&1 || die "apt-get ran but no 'chromium' is on PATH"
 say "installed $(chromium --version 2>/dev/null | head -1)"
