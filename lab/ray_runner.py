@@ -91,14 +91,14 @@ def connect(address: str | None, workers: int | None):
     local = not address or hp is None or hp[0] in ("127.0.0.1", "localhost")
     if local:  # Ray's single-machine mode: its node address is loopback (else it routes towards 8.8.8.8 to find one); read at import
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address and "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"  # `ray start` here made its cluster with this token (Ray's default): join with it; read at import
     try:
         import ray
     except ImportError:
         raise LabError("ray: Ray is not installed; `pip install -r lab/requirements-ray.txt` (an optional extra of the lab)") from None
     if address:
         check_reachable(address)
-        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
-            os.environ["RAY_AUTH_MODE"] = "token"  # a cluster `ray start` made here holds this token (Ray's default); join with it
         kw = {"_node_ip_address": "127.0.0.1"} if local and not address.startswith("ray://") else {}
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False, **kw)
