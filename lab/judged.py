@@ -243,3 +243,37 @@ def ranks(intervals: dict, higher_is_better: bool = True) -> dict:
             better = sum(1 for k, (_, h2) in intervals.items() if k != key and h2 < lo)
         out[key] = 1 + better
     return out
+
+
+# --------------------------------------------------------------------------------------------- the node's columns
+
+def judged_columns(cell_pictures: Sequence[torch.Tensor], caption_text: str) -> tuple[list[dict] | None, str]:
+    """The Sampler Lab node's judged columns: per cell, adherence (k of n, Wilson) per attribute and in all five, and
+    mean sharpness, from its pictures ([B, H, W, 3] in 0..1, one batch per cell) and the prompt's text.
+
+    Returns (rows, "") or (None, why the columns are absent): the judge reads only the embedded model's world
+    (64x64 pictures of a caption it can parse). Sharpness is measured at the named position's centre (a prompt
+    names no jitter). The Fréchet distance needs `MIN_PICTURES` pictures per cell: the command line's judged
+    sweep (bench/sampler_lab.py --judged) measures it."""
+    from ..embedded.judge import parse_caption
+
+    if not cell_pictures:
+        return None, "no pictures"
+    h, w = cell_pictures[0].shape[1:3]
+    if (h, w) != (64, 64):
+        return None, (f"the pictures are {w}x{h}; the judge reads the embedded model's 64x64 world "
+                      "(load DiffusionAnatomy/tiny_shapes_sd1.safetensors and an Empty Latent of 64x64)")
+    caption = parse_caption(caption_text or "")
+    if caption is None:
+        return None, ("the caption input is not a prompt of the embedded world (e.g. 'a large red circle at the top left on a "
+                      f"blue background'): got {caption_text!r}; give the prompt's text so the judge can compare")
+    from ..embedded.data import POSITIONS
+
+    rows = []
+    for pictures in cell_pictures:
+        images = pictures.permute(0, 3, 1, 2).float() * 2 - 1
+        flags = right_flags(images, [caption] * len(images))
+        sharp = [sharpness(x, caption, POSITIONS[caption.position]) for x in images]
+        finite = [v for v in sharp if math.isfinite(v)]
+        rows.append({"adherence": adherence(flags), "sharpness": sum(finite) / len(finite) if finite else math.nan})
+    return rows, ""

@@ -105,3 +105,16 @@ def test_ranks_tie_overlapping_intervals_and_rank_everyone():
     assert judged.ranks(intervals) == {"a": 1, "b": 1, "c": 3, "d": 3}
     # lower is better (a distance): the same intervals mirrored
     assert judged.ranks(intervals, higher_is_better=False) == {"a": 3, "b": 3, "c": 1, "d": 1}
+
+
+def test_the_nodes_judged_columns_and_why_they_are_absent():
+    """The Sampler Lab node's columns (lab/judged.py `judged_columns`), on renders given as ComfyUI IMAGEs."""
+    captions = eval_captions(1)
+    caption = captions[0]
+    image = ((judged.renders(captions) + 1) / 2).permute(0, 2, 3, 1)  # [1, 64, 64, 3] in 0..1
+    rows, why = judged.judged_columns([image, image.repeat(3, 1, 1, 1)], caption.text)
+    assert why == "" and [r["adherence"]["all"].n for r in rows] == [1, 3] and all(r["adherence"]["all"].k == r["adherence"]["all"].n for r in rows)
+    assert all(0.95 < r["sharpness"] <= 1 + 1e-5 for r in rows)
+    big = torch.zeros(1, 512, 512, 3)
+    assert judged.judged_columns([big], caption.text)[1].startswith("the pictures are 512x512")
+    assert "not a prompt of the embedded world" in judged.judged_columns([image], "a photo of a cat")[1]
