@@ -97,6 +97,18 @@ def cli(*args, env=None, timeout=600):
     return subprocess.run([*CLI, *args], env={**os.environ, **LOOPBACK, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
+def cli_here(capsys, *args) -> tuple[int, str]:
+    """The command line in this process (no interpreter start-up): its exit status and standard error."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sampler_lab_cli", ROOT / "bench" / "sampler_lab.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_:
+        module.run(["--judged", *args])
+    return exit_.value.code, capsys.readouterr().err
+
+
 def rows(out: Path) -> dict:
     """(cell, caption) -> the row without its seconds (a timing, not a result)."""
     with open(out / judged_sweep.RESULTS, newline="") as f:
@@ -152,10 +164,10 @@ def test_a_killed_worker_loses_and_duplicates_no_cell(cluster, single, tmp_path)
     assert got == single
 
 
-def test_unreachable_address_names_it_and_writes_nothing(tmp_path):
+def test_unreachable_address_names_it_and_writes_nothing(tmp_path, capsys):
     port = free_port()  # nothing listens there
-    run = cli(*SWEEP, "--out", str(tmp_path / "out"), "--ray", f"127.0.0.1:{port}")
-    assert run.returncode == 2 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in run.stderr, run.stderr
+    code, err = cli_here(capsys, *SWEEP, "--out", str(tmp_path / "out"), "--ray", f"127.0.0.1:{port}")
+    assert code == 2 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in err, err
     assert not (tmp_path / "out").exists()
 
 
@@ -163,16 +175,16 @@ def test_unreachable_address_names_it_and_writes_nothing(tmp_path):
     (["--samplers", "euler,no_such"], "unknown sampler 'no_such'"),
     (["--captions", "0"], "captions: 0 is not allowed"),
 ])
-def test_bad_sweeps_name_the_cause_and_write_nothing(tmp_path, args, message):
-    run = cli(*SWEEP, *args, "--out", str(tmp_path / "out"), "--ray", "127.0.0.1:1")
-    assert run.returncode == 2 and message in run.stderr, run.stderr
+def test_bad_sweeps_name_the_cause_and_write_nothing(tmp_path, capsys, args, message):
+    code, err = cli_here(capsys, *SWEEP, *args, "--out", str(tmp_path / "out"), "--ray", "127.0.0.1:1")
+    assert code == 2 and message in err, err
     assert not (tmp_path / "out").exists()
 
 
-def test_another_sweeps_results_are_refused_untouched(single, tmp_path):
+def test_another_sweeps_results_are_refused_untouched(single, tmp_path, capsys):
     spec = judged_sweep.make_spec(WEIGHTS, "euler", "3", captions=2, seeds=1, batch=2, cfg=3.0)
     judged_sweep.run_sweep(spec, tmp_path, log=lambda _: None)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    run = cli(*SWEEP, "--out", str(tmp_path))  # CFG 5 and 4 captions: another sweep
-    assert run.returncode == 2 and "holds another sweep's results" in run.stderr and "cfg 3.0 there, 5.0 here" in run.stderr, run.stderr
+    code, err = cli_here(capsys, *SWEEP, "--out", str(tmp_path))  # CFG 5 and 4 captions: another sweep
+    assert code == 2 and "holds another sweep's results" in err and "cfg 3.0 there, 5.0 here" in err, err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
