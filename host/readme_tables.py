@@ -179,18 +179,27 @@ def judged_verdict(description: str, rating, r10, r40, n: int, sharp40: float | 
     return "; ".join(out) if out else "no claim the measurement can check"
 
 
+def judged_plots(run: Path = JUDGED_RUN) -> None:
+    """adherence_vs_nfe.png and frechet_vs_nfe.png of the run, and its summary.json (the groups, computed once)."""
+    pack()
+    import diffusion_anatomy.lab.judged_report as report
+
+    _, table, _ = report.summary(run, write=True)
+    report.facet_plot(table, lambda g: g.adherence["all"].value, "right in all five", "adherence against model calls").save(run / "adherence_vs_nfe.png")
+    if any(g.frechet is not None for g in table.values()):
+        report.facet_plot(table, lambda g: g.frechet.value if g.frechet else None, "Fréchet distance", "Fréchet distance against model calls",
+                          log_y=True).save(run / "frechet_vs_nfe.png")
+
+
 def judged_section(run: Path = JUDGED_RUN) -> str:
     samplers, _ = pack()
     import diffusion_anatomy.lab.judged_report as report
 
-    spec, rows = report.read(run)
-    table = report.groups(spec, rows)
+    spec, table, n_rows = report.summary(run)
     r10, r40 = report.adherence_ranks(table, 10), report.adherence_ranks(table, 40)
     f40 = report.frechet_ranks(table, 40)
-    report.facet_plot(table, lambda g: g.adherence["all"].value, "right in all five", "adherence against model calls").save(run / "adherence_vs_nfe.png")
-    report.facet_plot(table, lambda g: g.frechet.value if g.frechet else None, "Fréchet distance", "Fréchet distance against model calls",
-                      log_y=True).save(run / "frechet_vs_nfe.png")
-    per = len(rows) // max(1, len(table))
+    has_fd = any(g.frechet is not None for g in table.values())
+    per = n_rows // max(1, len(table))
     n = len(r40)
     out = [JUDGED_START,
            f"{spec.captions} held-out captions x {spec.seeds} seed(s) = {per} pictures per sampler and step count, CFG {spec.cfg:g}, "
@@ -220,7 +229,8 @@ def judged_section(run: Path = JUDGED_RUN) -> str:
             "a claim of quality agrees when the rank at 40 calls is in the top half; \"few steps\" (or \"very fast\") when the rank "
             "at 10 calls is in the top third; sharpness when the mean at 40 calls is at least 0.9.",
             "", "![adherence against model calls](lab/judged_run/adherence_vs_nfe.png)",
-            "", "![Fréchet distance against model calls](lab/judged_run/frechet_vs_nfe.png)", JUDGED_END]
+            "", "![Fréchet distance against model calls](lab/judged_run/frechet_vs_nfe.png)" if has_fd else
+            f"No Fréchet distances: this run has {per} pictures per row, fewer than the 128 they need.", JUDGED_END]
     return "\n".join(out)
 
 
@@ -233,6 +243,8 @@ def main() -> int:
         import subprocess
 
         subprocess.run([sys.executable, str(REPO / LAB_COMMAND.split()[0]), *LAB_COMMAND.split()[1:]], cwd=REPO, check=True)
+    if "--check" not in sys.argv and (JUDGED_RUN / "judged.csv").exists():
+        judged_plots()
     path = REPO / "README.md"
     text = path.read_text()
     new = updated(text)

@@ -137,3 +137,34 @@ def facet_plot(table: dict[tuple[str, int], Group], value, y_label: str, title: 
         raise ValueError(f"nothing to plot for {title!r}")
     rows = [draw.stack(panels[i:i + 2], horizontal=True) for i in range(0, len(panels), 2)]
     return draw.stack([draw.text_block(title, draw.FONT_SIZE + 2), *rows])
+
+
+SUMMARY = "summary.json"  # the groups of a run, computed once (the Fréchet bootstraps take minutes), keyed by judged.csv's digest
+
+
+def summary(run: Path, write: bool = False) -> tuple[Spec, dict[tuple[str, int], Group], int]:
+    """(spec, groups, rows) of a run: from `summary.json` when it matches judged.csv's digest, else computed (and, with
+    `write`, stored there)."""
+    import json
+    from dataclasses import asdict
+
+    from .judged_sweep import file_sha1
+
+    digest = file_sha1(run / RESULTS)
+    path = run / SUMMARY
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data["judged_csv_sha1"] == digest:
+            spec = Spec.from_dict(json.loads((run / SPEC).read_text()))
+            table = {}
+            for g in data["groups"]:
+                g["adherence"] = {k: judged.Share(**v) for k, v in g["adherence"].items()}
+                g["frechet"] = judged.Distance(**g["frechet"]) if g["frechet"] else None
+                g["sharpness"] = tuple(g["sharpness"])
+                table[(g["sampler"], g["steps"])] = Group(**g)
+            return spec, table, data["rows"]
+    spec, rows = read(run)
+    table = groups(spec, rows)
+    if write:
+        path.write_text(json.dumps({"judged_csv_sha1": digest, "rows": len(rows), "groups": [asdict(g) for g in table.values()]}, indent=0))
+    return spec, table, len(rows)
