@@ -164,6 +164,8 @@ def judged_verdict(description: str, rating, r10, r40, n: int, sharp40: float | 
     """The rule, stated in the README: a claim of quality, accuracy, detail or sharpness agrees when the sampler's
     adherence rank at 40 calls is in the top half of the n ranks; "few steps" agrees when its rank at 10 calls is
     in the top third; "sharp" also needs its mean sharpness at 40 calls at least 0.9 of the render's."""
+    if r40 is None:
+        return "not in this run"
     text = description.lower()
     out = []
     top_third, top_half = math.ceil(n / 3), math.ceil(n / 2)
@@ -185,7 +187,8 @@ def judged_plots(run: Path = JUDGED_RUN) -> None:
     import diffusion_anatomy.lab.judged_report as report
 
     _, table, _ = report.summary(run, write=True)
-    report.facet_plot(table, lambda g: g.adherence["all"].value, "right in all five", "adherence against model calls").save(run / "adherence_vs_nfe.png")
+    report.facet_plot(table, lambda g: g.adherence["all"].value, "right in all five", "adherence against model calls",
+                      limits=(0.0, 1.0)).save(run / "adherence_vs_nfe.png")
     if any(g.frechet is not None for g in table.values()):
         report.facet_plot(table, lambda g: g.frechet.value if g.frechet else None, "Fréchet distance", "Fréchet distance against model calls",
                           log_y=True).save(run / "frechet_vs_nfe.png")
@@ -219,7 +222,7 @@ def judged_section(run: Path = JUDGED_RUN) -> str:
         stars = f"{rating[0]}, {'★' * rating[1]}, {'★' * rating[2]}" if rating else "not rated"
         at40 = report.at_budget(table, 40).get(sid)
         out.append(f"| {info.name} | {nfe} | {adh} | {sharp} | {fd} | {r10.get(sid, '-')} / {r40.get(sid, '-')} | {f40.get(sid, '-')} "
-                   f"| {stars} | {info.description} | {judged_verdict(info.description, rating, r10.get(sid), r40.get(sid, n), n, at40.sharpness[0] if at40 else None)} |")
+                   f"| {stars} | {info.description} | {judged_verdict(info.description, rating, r10.get(sid), r40.get(sid), n, at40.sharpness[0] if at40 else None)} |")
     out += ["", f"Adherence = share of pictures the judge (`embedded/judge.py`) reads right in all five attributes; sharpness = edge "
             "steepness of the outline over its own step height (1 = as crisp as the render); Fréchet distance = between the pictures and "
             "the true renders of their captions in 64 fixed features (colour and edge energy on a 4x4 grid), extrapolated to infinitely "

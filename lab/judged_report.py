@@ -116,7 +116,8 @@ FAMILIES = ("ODE, first order (Euler, DDIM)", "ODE, several calls per step (Heun
             "SDE on a Brownian path", "new noise every step (ancestral, LCM, ...)")
 
 
-def facet_plot(table: dict[tuple[str, int], Group], value, y_label: str, title: str, log_y: bool = False) -> Image.Image:
+def facet_plot(table: dict[tuple[str, int], Group], value, y_label: str, title: str, log_y: bool = False,
+               limits: tuple[float, float] | None = None) -> Image.Image:
     """One panel per family, one series per sampler (its own colour and marker within the panel), y against NFE."""
     from ..samplers.registry import REGISTRY
 
@@ -131,8 +132,9 @@ def facet_plot(table: dict[tuple[str, int], Group], value, y_label: str, title: 
                 series.append(draw.Series(y=[y for _, y in pts], x=[x for x, _ in pts], label=REGISTRY[sid].name,
                                           colour=draw.PALETTE[k % len(draw.PALETTE)], marker=draw.MARKERS[k % len(draw.MARKERS)]))
         if series:
-            panels.append(draw.line_plot(series, draw.Axis("model calls (NFE)", log=True), draw.Axis(y_label, log=log_y),
-                                         title=fam, width=640, height=max(300, 80 + len(series) * (draw.line_height() + 2))))
+            name = fam if len(series) > 1 else f"{fam}: {series[0].label}"  # one series shows no legend
+            panels.append(draw.line_plot(series, draw.Axis("model calls (NFE)", log=True), draw.Axis(y_label, log=log_y, limits=limits),
+                                         title=name, width=640, height=max(300, 80 + len(series) * (draw.line_height() + 2))))
     if not panels:
         raise ValueError(f"nothing to plot for {title!r}")
     rows = [draw.stack(panels[i:i + 2], horizontal=True) for i in range(0, len(panels), 2)]
