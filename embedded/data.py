@@ -70,23 +70,28 @@ def _grid() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def shape_mask(caption: Caption) -> torch.Tensor:
-    """[SIZE, SIZE] bool: the pixels the shape covers.
+    """[SIZE, SIZE] bool: the pixels the shape covers (see `mask_of`)."""
+    return mask_of(caption.shape, caption.centre, caption.radius)
+
+
+def mask_of(shape: str, centre: tuple[float, float], radius: float) -> torch.Tensor:
+    """[SIZE, SIZE] bool: the pixels whose centres a shape of this family, centre and "radius" covers.
 
     circle: disc of the radius; square: axis-aligned, half side 0.9 * radius (similar area to the
     disc's); triangle: pointing up, apex `radius` above the centre, base 0.8 * radius below it,
-    half base width = radius."""
+    half base width = radius. Any real centre and radius (the judge fits them to pictures)."""
     x, y = _grid()
-    cx, cy = caption.centre
-    r = caption.radius
-    if caption.shape == "circle":
+    cx, cy = centre
+    r = radius
+    if shape == "circle":
         return (x - cx) ** 2 + (y - cy) ** 2 <= r**2
-    if caption.shape == "square":
+    if shape == "square":
         return ((x - cx).abs() <= 0.9 * r) & ((y - cy).abs() <= 0.9 * r)
-    if caption.shape == "triangle":
+    if shape == "triangle":
         top, bottom = cy - r, cy + 0.8 * r
         half_width = r * (y - top) / (bottom - top)  # grows linearly from 0 at the apex to r at the base
         return (y >= top) & (y <= bottom) & ((x - cx).abs() <= half_width)
-    raise ValueError(f"unknown shape {caption.shape!r}")
+    raise ValueError(f"unknown shape {shape!r}")
 
 
 def render(caption: Caption) -> torch.Tensor:
@@ -120,6 +125,48 @@ def sample_captions(n: int, generator: torch.Generator) -> list[Caption]:
             background=names[(colour[i] + offset[i]) % len(names)],
             centre=(px + jitter[i][0], py + jitter[i][1]),
         ))
+    return out
+
+
+def all_captions(jitter: tuple[float, float] = (0.0, 0.0)) -> list[Caption]:
+    """Every caption of the world (3 x 8 x 7 x 2 x 5 = 1680), each centre moved by `jitter` px."""
+    return [Caption(shape, colour, size, position, background, (x + jitter[0], y + jitter[1]))
+            for shape in SHAPES for colour in COLOURS for size in SIZES for position, (x, y) in POSITIONS.items()
+            for background in COLOURS if background != colour]
+
+
+def _key(c: Caption) -> tuple[str, str, str, str, str]:
+    return c.shape, c.colour, c.size, c.position, c.background
+
+
+# One caption in ten, fixed by a seeded permutation, never trained on: what the model is judged on
+# (models trained before the split, such as the first shipped one, saw every caption).
+HELD_OUT: frozenset[tuple[str, str, str, str, str]] = frozenset(
+    _key(all_captions()[i]) for i in torch.randperm(1680, generator=torch.Generator().manual_seed(20))[:168].tolist())
+
+
+def is_held_out(caption: Caption) -> bool:
+    return _key(caption) in HELD_OUT
+
+
+def training_captions(n: int, generator: torch.Generator) -> list[Caption]:
+    """n random captions as `sample_captions` draws them, redrawing any held-out one."""
+    out = [c for c in sample_captions(n, generator) if not is_held_out(c)]
+    while len(out) < n:
+        out += [c for c in sample_captions(n - len(out), generator) if not is_held_out(c)]
+    return out
+
+
+def eval_captions(n: int, generator: torch.Generator, held_out_only: bool = True) -> list[Caption]:
+    """n captions drawn uniformly from the held-out set (or from all captions), each with a fresh jitter."""
+    pool = sorted(HELD_OUT) if held_out_only else [_key(c) for c in all_captions()]
+    pick = torch.randint(len(pool), (n,), generator=generator).tolist()
+    jitter = ((torch.rand(n, 2, generator=generator) * 2 - 1) * JITTER).tolist()
+    out = []
+    for j, (dx, dy) in zip(pick, jitter):
+        shape, colour, size, position, background = pool[j]
+        x, y = POSITIONS[position]
+        out.append(Caption(shape, colour, size, position, background, (x + dx, y + dy)))
     return out
 
 

@@ -127,6 +127,24 @@ def to_rgb(image: torch.Tensor) -> torch.Tensor:
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
 
 
+def judged_sample(file: str | Path, n: int, sampler: str = "euler", schedule: str = "karras", steps: int = 20,
+                  cfg: float = 5.0, seed: int = 0, batch: int = 50):
+    """(verdicts, captions): n held-out captions (`data.eval_captions`, drawn from `seed`), picture i
+    started from seed `seed * 100003 + i`, drawn in batches and read by `judge.judge`."""
+    from .data import eval_captions  # noqa: PLC0415
+    from .judge import judge  # noqa: PLC0415
+
+    model, bpe = load(file), BPETokenizer.from_dir(default_tokenizer_dir())
+    captions = eval_captions(n, torch.Generator().manual_seed(seed))
+    verdicts = []
+    for lo in range(0, n, batch):
+        part = captions[lo:lo + batch]
+        seeds = [seed * 100003 + i for i in range(lo, lo + len(part))]
+        verdicts += judge(sample(model, [c.text for c in part], bpe, steps=steps, cfg=cfg, seed=seeds,
+                                 sampler=sampler, schedule=schedule))
+    return verdicts, captions
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("file", type=Path)
