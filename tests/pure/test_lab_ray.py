@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,25 +70,35 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def start_head() -> tuple[subprocess.Popen | None, int, str]:
+    """`ray start --head --block` on loopback; (process, port, its output), process None when it did not come up."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    env = {**os.environ, **LOOPBACK}
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats", "--num-cpus", "2",
-                             "--temp-dir", temp], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                             "--temp-dir", temp], env={**os.environ, **LOOPBACK}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(head.stdout), daemon=True).start()  # keep the pipe drained
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and head.poll() is None and not any("Ray runtime started" in line for line in lines):
+        time.sleep(0.5)
+    if head.poll() is None and any("Ray runtime started" in line for line in lines):
+        return head, port, "".join(lines)
+    head.kill()
+    head.wait()
+    return None, port, "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Ray gives its raylet a fixed 30 s to register (ray/_private/node.py); on a loaded 2-core machine that can
+    # pass, and the head then stops itself: try up to three times
+    for _ in range(3):
+        head, port, output = start_head()
+        if head is not None:
             break
-        except OSError:
-            time.sleep(0.5)
     else:
-        head.kill()
-        pytest.fail(f"the Ray head did not start: {head.stdout.read()[-2000:]}")
-    time.sleep(2)  # the raylet registers after the GCS listens
+        pytest.fail("the Ray head did not start three times: " + output[-3000:])
     yield f"127.0.0.1:{port}", head
     head.send_signal(signal.SIGTERM)  # --block: the head stops its processes on SIGTERM
     head.wait(timeout=60)
