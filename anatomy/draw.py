@@ -234,6 +234,7 @@ class Series:
     label: str = ""
     markers: bool = True
     colour: tuple | None = None
+    marker: str = "o"  # o circle, s square, ^ triangle up, v triangle down, D diamond, x cross, + plus (`MARKERS`)
 
     def points(self) -> list[tuple[float, float]]:
         xs = range(len(self.y)) if self.x is None else self.x
@@ -306,6 +307,28 @@ class Axis:
         return (v - lo) / (hi - lo)
 
 
+MARKERS = ("o", "s", "^", "v", "D", "x", "+")
+
+
+def draw_marker(draw: ImageDraw.ImageDraw, x: float, y: float, marker: str, colour, r: float = 3.5) -> None:
+    """A point's mark: so that series sharing a colour family stay apart in print and for colour-blind readers."""
+    if marker == "s":
+        draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
+    elif marker in ("^", "v"):
+        s = -1 if marker == "^" else 1
+        draw.polygon([(x - r - 1, y - s * r), (x + r + 1, y - s * r), (x, y + s * (r + 1))], fill=colour)
+    elif marker == "D":
+        draw.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)], fill=colour)
+    elif marker == "x":
+        draw.line((x - r, y - r, x + r, y + r), fill=colour, width=2)
+        draw.line((x - r, y + r, x + r, y - r), fill=colour, width=2)
+    elif marker == "+":
+        draw.line((x - r - 1, y, x + r + 1, y), fill=colour, width=2)
+        draw.line((x, y - r - 1, x, y + r + 1), fill=colour, width=2)
+    else:
+        draw.ellipse((x - r + 0.5, y - r + 0.5, x + r - 0.5, y + r - 0.5), fill=colour)
+
+
 def line_plot(series: Sequence[Series], x_axis: Axis | None = None, y_axis: Axis | None = None, title: str | None = None,
               width: int = 640, height: int = 360, size: int = FONT_SIZE) -> Image.Image:
     """A line plot with axes, ticks with their values, axis labels, a legend and several series in colours.
@@ -368,7 +391,7 @@ def line_plot(series: Sequence[Series], x_axis: Axis | None = None, y_axis: Axis
             draw.line(keep, fill=colour, width=2)
         if s.markers:
             for a, b in keep:
-                draw.ellipse((a - 3, b - 3, a + 3, b + 3), fill=colour)
+                draw_marker(draw, a, b, s.marker, colour)
     if len(legend) > 1:
         x0, y0 = left + pw + 10, top + 4
         for k, s in enumerate(series):
@@ -376,6 +399,8 @@ def line_plot(series: Sequence[Series], x_axis: Axis | None = None, y_axis: Axis
                 continue
             colour = s.colour or PALETTE[k % len(PALETTE)]
             draw.line((x0, y0 + lh / 2, x0 + 20, y0 + lh / 2), fill=colour, width=3)
+            if s.markers and s.marker != "o":
+                draw_marker(draw, x0 + 10, y0 + lh / 2, s.marker, colour)
             draw_text(draw, (x0 + 26, y0 + lh / 2), s.label, size, anchor="lm")
             y0 += lh + 2
     elif len(legend) == 1 and not title:

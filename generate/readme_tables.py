@@ -5,6 +5,8 @@ source of truth), and "Samplers, measured" from the sampler lab's recorded run b
     .host/venv/bin/python generate/readme_tables.py --check  # exit 1 if README.md is out of date
     .host/venv/bin/python generate/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
                                                          # minutes on a CPU) into lab/readme_run/, then rewrite
+    .host/venv/bin/python host/readme_tables.py --judged # first run the judged sweep into lab/judged_run/ (resumes;
+                                                         # `bench/sampler_lab.py --judged ... --ray` spreads it), then rewrite
 
 tests/pure/test_readme.py runs the check, so the README's lists stay current, and checks that the
 recorded run covers every registered sampler.
@@ -21,6 +23,9 @@ LAB_START, LAB_END = "<!-- lab:start -->", "<!-- lab:end -->"
 LAB_RUN = REPO / "lab" / "readme_run"  # bench/sampler_lab.py's output for the README: lab.csv, lab.md, error_vs_nfe.png, grid.png
 LAB_COMMAND = ("bench/sampler_lab.py --samplers all --steps 5,10,20,40 --schedule karras --verify-reference "
                "--out lab/readme_run")
+JUDGED_START, JUDGED_END = "<!-- judged:start -->", "<!-- judged:end -->"
+JUDGED_RUN = REPO / "lab" / "judged_run"  # bench/sampler_lab.py --judged's output: judged.csv, judged.json; the plots drawn here
+JUDGED_COMMAND = "bench/sampler_lab.py --judged --samplers all --steps 5,10,20,40 --captions 168 --seeds 2 --batch 24 --out lab/judged_run"
 
 
 def pack():
@@ -57,6 +62,8 @@ def updated(readme: str) -> str:
     readme = replace_section(readme, START, END, tables())
     if LAB_START in readme:
         readme = replace_section(readme, LAB_START, LAB_END, lab_section())
+    if JUDGED_START in readme and (JUDGED_RUN / "judged.csv").exists():
+        readme = replace_section(readme, JUDGED_START, JUDGED_END, judged_section())
     return readme
 
 
@@ -148,11 +155,94 @@ def lab_section(run: Path = LAB_RUN) -> str:
     return "\n".join(out)
 
 
+def judged_verdict(description: str, rating, r10, r40, n: int, sharp40: float | None) -> str:
+    """The rule, stated in the README: a claim of quality, accuracy, detail or sharpness agrees when the sampler's
+    adherence rank at 40 calls is in the top half of the n ranks; "few steps" agrees when its rank at 10 calls is
+    in the top third; "sharp" also needs its mean sharpness at 40 calls at least 0.9 of the render's."""
+    if r40 is None:
+        return "not in this run"
+    text = description.lower()
+    out = []
+    top_third, top_half = math.ceil(n / 3), math.ceil(n / 2)
+    if "few steps" in text or (rating and rating[0] == "very fast"):
+        out.append(f"agrees: few steps suffice (rank {r10} at 10 calls)" if r10 is not None and r10 <= top_third else
+                   f"disagrees: few steps do not suffice (rank {r10 if r10 is not None else '-'} at 10 calls)")
+    if any(w in text for w in ("quality", "accura", "precise", "improves", "detail", "realistic")):
+        out.append(f"agrees on quality (rank {r40} of {n} at 40 calls)" if r40 <= top_half else
+                   f"disagrees: it claims quality, but ranks {r40} of {n} at 40 calls")
+    if ("sharp" in text or (rating and rating[1] >= 5)) and sharp40 is not None and math.isfinite(sharp40):
+        out.append(f"agrees on sharpness ({sharp40:.2f} of the render's)" if sharp40 >= 0.9 else
+                   f"disagrees on sharpness: {sharp40:.2f} of the render's")
+    return "; ".join(out) if out else "no claim the measurement can check"
+
+
+def judged_plots(run: Path = JUDGED_RUN) -> None:
+    """adherence_vs_nfe.png and frechet_vs_nfe.png of the run, and its summary.json (the groups, computed once)."""
+    pack()
+    import diffusion_anatomy.lab.judged_report as report
+
+    _, table, _ = report.summary(run, write=True)
+    report.facet_plot(table, lambda g: g.adherence["all"].value, "right in all five", "adherence against model calls",
+                      limits=(0.0, 1.0)).save(run / "adherence_vs_nfe.png")
+    if any(g.frechet is not None for g in table.values()):
+        report.facet_plot(table, lambda g: g.frechet.value if g.frechet else None, "Fréchet distance", "Fréchet distance against model calls",
+                          log_y=True).save(run / "frechet_vs_nfe.png")
+
+
+def judged_section(run: Path = JUDGED_RUN) -> str:
+    samplers, _ = pack()
+    import diffusion_anatomy.lab.judged_report as report
+
+    spec, table, n_rows = report.summary(run)
+    r10, r40 = report.adherence_ranks(table, 10), report.adherence_ranks(table, 40)
+    f40 = report.frechet_ranks(table, 40)
+    has_fd = any(g.frechet is not None for g in table.values())
+    per = n_rows // max(1, len(table))
+    n = len(r40)
+    out = [JUDGED_START,
+           f"{spec.captions} held-out captions x {spec.seeds} seed(s) = {per} pictures per sampler and step count, CFG {spec.cfg:g}, "
+           f"{spec.schedule}; `{JUDGED_COMMAND.replace('lab/judged_run', 'DIR')}` makes such a run (this one: `lab/judged_run/judged.json`).",
+           "",
+           "| sampler | NFE at 5 / 10 / 20 / 40 steps | right in all five, % | sharpness | Fréchet distance | rank at 10 / 40 calls "
+           "| Fréchet rank at 40 calls | document: speed, sharpness, realism | document says | measurement vs document |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for sid, info in samplers.REGISTRY.items():
+        g = {n_: table.get((sid, n_)) for n_ in LAB_STEPS}
+        cell = lambda f: " / ".join(f(x) if x is not None else "-" for x in g.values())  # noqa: E731
+        nfe = cell(lambda x: f"{x.nfe:g}")
+        adh = cell(lambda x: f"{100 * x.adherence['all'].value:.0f}")
+        sharp = cell(lambda x: f"{x.sharpness[0]:.2f}")
+        fd = cell(lambda x: f"{x.frechet.value:.2g}" if x.frechet else "-")
+        rating = DOC_RATINGS.get(sid)
+        stars = f"{rating[0]}, {'★' * rating[1]}, {'★' * rating[2]}" if rating else "not rated"
+        at40 = report.at_budget(table, 40).get(sid)
+        out.append(f"| {info.name} | {nfe} | {adh} | {sharp} | {fd} | {r10.get(sid, '-')} / {r40.get(sid, '-')} | {f40.get(sid, '-')} "
+                   f"| {stars} | {info.description} | {judged_verdict(info.description, rating, r10.get(sid), r40.get(sid), n, at40.sharpness[0] if at40 else None)} |")
+    out += ["", f"Adherence = share of pictures the judge (`embedded/judge.py`) reads right in all five attributes; sharpness = edge "
+            "steepness of the outline over its own step height (1 = as crisp as the render); Fréchet distance = between the pictures and "
+            "the true renders of their captions in 64 fixed features (colour and edge energy on a 4x4 grid), extrapolated to infinitely "
+            f"many pictures, needing {128} or more per row (`lab/judged.py` says why). Ranks: at a budget of 10 or 40 model calls, each "
+            "sampler at its largest step count that fits, by the 95% Wilson interval of its adherence; samplers whose intervals overlap "
+            f"share a rank, so a rank says how many samplers are surely better. {n} samplers ranked at 40 calls. Verdict rule: "
+            "a claim of quality agrees when the rank at 40 calls is in the top half; \"few steps\" (or \"very fast\") when the rank "
+            "at 10 calls is in the top third; sharpness when the mean at 40 calls is at least 0.9.",
+            "", "![adherence against model calls](lab/judged_run/adherence_vs_nfe.png)",
+            "", "![Fréchet distance against model calls](lab/judged_run/frechet_vs_nfe.png)" if has_fd else
+            f"No Fréchet distances: this run has {per} pictures per row, fewer than the 128 they need.", JUDGED_END]
+    return "\n".join(out)
+
+
 def main() -> int:
+    if "--judged" in sys.argv:
+        import subprocess
+
+        subprocess.run([sys.executable, str(REPO / JUDGED_COMMAND.split()[0]), *JUDGED_COMMAND.split()[1:]], cwd=REPO, check=True)
     if "--lab" in sys.argv:
         import subprocess
 
         subprocess.run([sys.executable, str(REPO / LAB_COMMAND.split()[0]), *LAB_COMMAND.split()[1:]], cwd=REPO, check=True)
+    if "--check" not in sys.argv and (JUDGED_RUN / "judged.csv").exists():
+        judged_plots()
     path = REPO / "README.md"
     text = path.read_text()
     new = updated(text)

@@ -19,7 +19,7 @@ import latent_preview
 import torch
 
 from ..anatomy import draw
-from ..lab import report
+from ..lab import judged, report
 from ..lab.sweep import LabError, Schedule, fingerprint, parse_samplers, parse_schedules, parse_steps, sweep, expected_progress
 from ..samplers.schedules import calculate_sigmas
 from .common import CATEGORY, PREFIX
@@ -69,6 +69,25 @@ def pictures(model, vae, latents: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+def judged_markdown(result, decoded: list[torch.Tensor], per_cell: int, vae, caption: str) -> str:
+    """The judged columns as a Markdown table (lab/judged.py), or the line that says why they are absent."""
+    if vae is None:
+        return "Judged columns absent: no VAE input (the judge reads decoded pictures of the embedded model's world).\n"
+    batches = [torch.stack(decoded[k * per_cell:(k + 1) * per_cell]) for k in range(len(result.cells))]
+    rows, why = judged.judged_columns(batches, caption)
+    if rows is None:
+        return f"Judged columns absent: {why}.\n"
+    out = ["Judged (embedded/judge.py): share of the cell's pictures right, with 95% Wilson intervals; sharpness 1 = as crisp as the render.", "",
+           "| sampler | schedule | steps | NFE | right in all five | shape | colour | size | position | background | sharpness |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c, r in zip(result.cells, rows):
+        a = r["adherence"]
+        share = lambda s: f"{s.k}/{s.n} [{s.lo:.2f}, {s.hi:.2f}]"  # noqa: E731
+        out.append(f"| {c.name} | {c.schedule} | {c.steps} | {c.nfe} | {share(a['all'])} | "
+                   + " | ".join(f"{a[x].k}/{a[x].n}" for x in judged.ATTRIBUTES) + f" | {r['sharpness']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 class SamplerLab:
     DESCRIPTION = ("Measures samplers instead of rating them by hand: runs every chosen sampler at every step count (and schedule) on your "
                    "model, prompt and seed, and measures each result's error against a converged reference solution of the same "
@@ -77,7 +96,9 @@ class SamplerLab:
                    "table, and the same rows as a CSV in ComfyUI's output folder (sampler_lab/). The reference is cached per model, "
                    "conditioning, latent, seed and schedule. Stochastic samplers with Brownian noise are measured against their own "
                    "high-step run on the same path; those with independent noise per step have no pathwise limit: their distance to the "
-                   "ODE reference is shown and marked.")
+                   "ODE reference is shown and marked. On the embedded model, with a VAE and the prompt's text in `caption`, the "
+                   "table also gives judged columns: how many of each cell's pictures show what the prompt says (per attribute and in "
+                   "all five, 95% intervals) and their edge sharpness; on other models it says why they are absent.")
     CATEGORY = f"{CATEGORY}/lab"
     RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
     RETURN_NAMES = ("grid", "plot", "markdown")
@@ -105,10 +126,13 @@ class SamplerLab:
             "sigmas": ("SIGMAS", {"tooltip": "A schedule of your own (e.g. Align Your Steps), run with its own step count as one more schedule."}),
             "sampler": ("SAMPLER", {"tooltip": "One more sampler from any node (core's KSamplerSelect, a pack sampler node with options), named by sampler_name."}),
             "sampler_name": ("STRING", {"default": "input sampler", "tooltip": "The name of the SAMPLER input in the grid, plot and table."}),
+            "caption": ("STRING", {"default": "", "tooltip": "The prompt's text, for the judge: on the embedded model (64x64 pictures, a VAE "
+                                   "given) each cell's pictures are read back into shape, colour, size, position and background and the "
+                                   "table gains judged columns (right in all five, per attribute, sharpness); elsewhere it says why they are absent."}),
         }}
 
     def run(self, model, positive, negative, latent_image, samplers, steps, schedules, cfg, seed, verify_reference,
-            vae=None, sigmas=None, sampler=None, sampler_name="input sampler"):
+            vae=None, sigmas=None, sampler=None, sampler_name="input sampler", caption=""):
         try:
             sampler_ids = parse_samplers(samplers) if samplers.strip() or sampler is None else []
             step_counts = parse_steps(steps)
@@ -153,10 +177,12 @@ class SamplerLab:
         except LabError as error:
             raise ValueError(f"Sampler Lab: {error}") from None
         pbar.update_absolute(total, total)
-        images = pictures(model, vae, [c.latent for c in result.cells])
+        decoded = pictures(model, vae, [c.latent for c in result.cells])
+        per_cell = len(decoded) // max(1, len(result.cells))  # a latent batch gives each cell that many pictures
+        images = decoded[::per_cell] if per_cell > 1 else decoded
         grid = report.grid_image(result, images, f"Sampler Lab: cfg {cfg:g}, seed {seed}; error against the converged reference")
         plot = report.plot_image(result, f"error against model calls ({', '.join(s.name for s in result.schedules)})")
-        md = report.markdown(result)
+        md = report.markdown(result) + "\n" + judged_markdown(result, decoded, per_cell, vae, caption)
         folder, filename, counter, _, _ = folder_paths.get_save_image_path("sampler_lab/lab", folder_paths.get_output_directory())
         path = Path(folder) / f"{filename}_{counter:05}_.csv"
         path.write_text(report.csv_text(result.cells))

@@ -71,6 +71,9 @@ def test_bundled_lab_workflow_runs_as_shipped(server):
     assert grid.shape[0] > 96 * len(samplers) and grid.shape[1] > 96 * len(steps)
     assert plot.shape[1] == 900 and plot.std() > 5
     assert "| Euler (`euler`) | karras | 20 |" in outputs["5"]["text"][0]
+    # the embedded model, its VAE and the prompt's text: the judged columns, one row per cell, n = the latent batch (1)
+    judged = [l for l in outputs["5"]["text"][0].splitlines() if l.startswith("| Euler | karras |")]
+    assert len(judged) == len(steps) and all(" | 1/1 | " in l or " | 0/1 | " in l for l in judged), judged
 
 
 def expect_lab_error(server, *fragments, **inputs):
