@@ -21,19 +21,15 @@ import argparse
 import statistics
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "host"))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-if "diffusion_anatomy" not in sys.modules:  # the repo root is the pack; import it without its __init__
-    pack = types.ModuleType("diffusion_anatomy")
-    pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
+import diffusion_anatomy  # noqa: E402,F401
 
 PROMPT = "a photograph of an astronaut riding a horse"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from support.browser import artifacts_dir
+from browser import artifacts_dir
 
 pytestmark = pytest.mark.server
 

@@ -5,7 +5,6 @@ the server keeps serving."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -123,7 +122,7 @@ def test_bad_names_and_links_are_refused_and_the_server_keeps_serving(server, re
     linked_run = "20000101-000000-000-abcd"
     (root / linked_run).symlink_to(root / run, target_is_directory=True)
     bad = [f"{run}/..%2Fsecret.json", f"{run}/%2E%2E", f"..%2F{run}/index.json", f"{run}/link.json", f"{linked_run}/index.json",
-           f"{run}/%2Fetc%2Fpasswd", f"{run}/index.py", f"nope/index.json", f"{run}/missing.png"]
+           f"{run}/%2Fetc%2Fpasswd", f"{run}/index.py", "nope/index.json", f"{run}/missing.png"]
     for path in bad:
         status, body, _ = fetch(server, f"{ROUTE}/runs/{path}")
         assert status in (400, 404), (path, status)
