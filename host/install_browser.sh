@@ -9,7 +9,7 @@ say() { printf '[browser] %s\n' "$*"; }
 die() { printf '[browser] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Thai fonts: the explorer panel speaks Thai, and the browser tests look at it (Debian's TLWG fonts)
-thai_fonts() { fc-list :lang=th 2>/dev/null | grep -q . ; }
+thai_fonts() { [ -n "$(fc-list :lang=th 2>/dev/null)" ]; }  # not `| grep -q`: its early exit fails the pipe (pipefail)
 for b in chromium chromium-browser google-chrome; do
   if command -v "$b" >/dev/null 2>&1 && thai_fonts; then
     say "$b present ($("$b" --version 2>/dev/null | head -1)), Thai fonts present; nothing to do"

@@ -34,7 +34,7 @@ def test_samplers_measured_covers_every_registered_sampler():
 def test_judged_table_is_in_step_with_its_committed_run():
     """The README's judged table comes from lab/judged_run/ (its summary.json made from that judged.csv, by digest), has
     one row per registered sampler in the registry's order, and every sampler has a rank at 40 model calls."""
-    spec = importlib.util.spec_from_file_location("readme_tables", REPO / "host" / "readme_tables.py")
+    spec = importlib.util.spec_from_file_location("readme_tables", REPO / "generate" / "readme_tables.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     samplers, _ = module.pack()
@@ -45,7 +45,7 @@ def test_judged_table_is_in_step_with_its_committed_run():
 
     run = module.JUDGED_RUN
     assert json.loads((run / report.SUMMARY).read_text())["judged_csv_sha1"] == file_sha1(run / "judged.csv"), \
-        "lab/judged_run/summary.json is not judged.csv's: run host/readme_tables.py"
+        "lab/judged_run/summary.json is not judged.csv's: run generate/readme_tables.py"
     _, table, _ = report.summary(run)
     assert {s for s, _ in table} == set(samplers.REGISTRY)
     assert set(report.adherence_ranks(table, 40)) == set(samplers.REGISTRY)
