@@ -46,11 +46,12 @@ def announce(data: dict) -> None:
 
 
 def sampler_name(sampler) -> str:
-    """The sampler's name: the pack's samplers are partial(run_sampler, id), core's sample_<name> functions."""
+    """The sampler's name: the pack's samplers are partial(run_sampler, info), core's sample_<name> functions."""
     sampler = getattr(sampler, "inner", sampler)  # the Denoising Steps Recorder's wrapper
     fn = getattr(sampler, "sampler_function", None)
     if isinstance(fn, functools.partial) and fn.args:
-        return str(fn.args[0])
+        first = fn.args[0]  # a registry SamplerInfo (or its id)
+        return str(getattr(first, "id", first))
     return getattr(fn, "__name__", type(sampler).__name__).removeprefix("sample_")
 
 

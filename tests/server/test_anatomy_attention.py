@@ -29,7 +29,7 @@ def node(graph: dict, class_type: str) -> dict:
 
 
 def picture(server, graph: dict) -> np.ndarray:
-    (path,) = server.output_files(server.run(graph))
+    (path,) = server.saved_files(server.run(graph))
     return np.asarray(Image.open(path).convert("RGB"))
 
 
@@ -37,7 +37,7 @@ def view_and_decoded(server, graph: dict) -> tuple[np.ndarray, np.ndarray]:
     """The view's picture and, saved beside it by an added SaveImage, the VAE Decode picture the view was given."""
     decode = next(k for k, n in graph.items() if n["class_type"] == "DiffusionAnatomyVAEDecode")
     graph = {**graph, "99": {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": "decoded"}}}
-    files = server.output_files(server.run(graph))
+    files = server.saved_files(server.run(graph))
     (view,) = [f for f in files if not f.name.startswith("decoded")]
     (decoded,) = [f for f in files if f.name.startswith("decoded")]
     return np.asarray(Image.open(view).convert("RGB")).astype(int), np.asarray(Image.open(decoded).convert("RGB")).astype(int)

@@ -26,6 +26,9 @@ def expected_size(prefix: str, width: int, height: int) -> bool:
     rules = {
         "anatomy_picture": lambda w, h: (w, h) == (64, 64),
         "anatomy_reverse_from_t": lambda w, h: (w, h) == (64, 64),
+        "anatomy_explorer": lambda w, h: (w, h) == (64, 64),  # the recorded run's picture (the panel shows the rest)
+        "anatomy_explorer_a": lambda w, h: (w, h) == (64, 64),
+        "anatomy_explorer_b": lambda w, h: (w, h) == (64, 64),
         "anatomy_forward": lambda w, h: w >= 7 * 128 and 128 + 40 <= h <= 128 + 160,  # x0 and 6 timesteps, 3 caption lines
         "anatomy_denoising_steps": lambda w, h: w >= 10 * 96 and h >= 3 * 96,  # 10 columns; x_t, x0 and noise rows
         "anatomy_latent_channels": lambda w, h: w >= 6 * 128 and h >= 128,  # 4 channels, RGB preview, decode
