@@ -171,6 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
+    p.add_argument("--init", type=Path, default=None, help="start all three networks from this trained file (e.g. refine_vae.py's; with --vae-steps 0 its VAE is kept as it is)")
     p.add_argument("--tokenizer-dir", type=Path, default=None, help="CLIP vocab.json + merges.txt (default: ComfyUI's)")
     return p.parse_args(argv)
 
@@ -204,12 +205,19 @@ def encode_pool(vae, data: torch.Generator, noise: torch.Generator, n: int, batc
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # subnormal Adam moments are ~100x slower (refine_decoder.py); this thread only
     state_path = args.out.with_suffix(args.out.suffix + ".state.pt")
     config = TINY
     torch.manual_seed(args.seed)
     unet, vae, text_encoder = build(config)
     with torch.no_grad():
         init_weights(unet, vae, text_encoder)
+    if args.init is not None:  # fine-tuning: a trained file's weights instead of the init above
+        from .sample import load  # noqa: PLC0415  (sample imports this module)
+
+        trained = load(args.init)
+        unet.load_state_dict(trained.unet.state_dict()); vae.load_state_dict(trained.vae.state_dict())
+        text_encoder.load_state_dict(trained.text_encoder.state_dict())
     prompts = Prompts(BPETokenizer.from_dir(args.tokenizer_dir or default_tokenizer_dir()), text_encoder)
     data = torch.Generator().manual_seed(args.seed)
     noise = torch.Generator().manual_seed(args.seed + 1)

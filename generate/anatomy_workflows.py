@@ -156,11 +156,17 @@ def unet_levels() -> Graph:
     return g
 
 
-def explorer_run(g: Graph, ckpt: str, prompt: str, label: str, seed: int = 42) -> str:
-    """One recorded run: the prompt feeds the text encoder and the capture (so their tokens agree)."""
+def explorer_prompts(g: Graph, ckpt: str, prompt: str, label: str) -> tuple[str, str, str]:
+    """The prompt (one text node: it feeds the text encoder and the capture, so their tokens agree) and its encodings."""
     text = g.add("PrimitiveStringMultiline", f"Prompt {label}".strip(), value=prompt)
     pos = g.add(f"{P}CLIPTextEncode", f"Positive prompt {label}".strip(), clip=[ckpt, 1], text=[text, 0])
     neg = g.add(f"{P}CLIPTextEncode", f"Negative prompt {label}".strip(), clip=[ckpt, 1], text="")
+    return text, pos, neg
+
+
+def explorer_record(g: Graph, ckpt: str, prompts: tuple[str, str, str], label: str, seed: int = 42) -> str:
+    """One recorded run: the capture hooks the MODEL, the sampler runs it, the picture is decoded and saved."""
+    text, pos, neg = prompts
     cap = g.add(f"{P}ExplorerCapture", f"Anatomy Explorer Capture {label}".strip(), model=[ckpt, 0], clip=[ckpt, 1], text=[text, 0],
                 pictures="vae", levels_every=1, keep_runs=16, label=label, vae=[ckpt, 2])
     out = text_to_image(g, {"ckpt": ckpt, "pos": pos, "neg": neg, "model": [cap, 0]}, seed=seed, stage=False)
@@ -177,8 +183,10 @@ def model_stage(g: Graph) -> str:
 def explorer() -> Graph:
     g = Graph()
     ckpt = model_stage(g)
+    g.stage(ANATOMY["text"])
+    prompts = explorer_prompts(g, ckpt, PROMPT, "")
     g.stage(ANATOMY["explorer"])
-    explorer_run(g, ckpt, PROMPT, "")
+    explorer_record(g, ckpt, prompts, "")
     return g
 
 
@@ -186,9 +194,9 @@ def explorer_compare() -> Graph:
     g = Graph()
     ckpt = model_stage(g)
     g.stage(ANATOMY["explorer_a"])
-    explorer_run(g, ckpt, PROMPT, "A")
+    explorer_record(g, ckpt, explorer_prompts(g, ckpt, PROMPT, "A"), "A")
     g.stage(ANATOMY["explorer_b"])
-    explorer_run(g, ckpt, PROMPT.replace("circle", "square"), "B")
+    explorer_record(g, ckpt, explorer_prompts(g, ckpt, PROMPT.replace("circle", "square"), "B"), "B")
     return g
 
 
