@@ -223,8 +223,8 @@ def newest_frontend_url() -> str:
 
 def measure(ui: dict, url: str) -> dict[int, list[float]]:
     """Each node's smallest size that fits its widgets, as the pinned frontend computes it, and a third
-    number: the height (title included) the newest frontend's Vue node renderer draws it with, taller
-    than the canvas's because its widgets are. The layout keeps room for both."""
+    number: the height (title included) the newest frontend draws it with, the taller of its canvas and
+    its Vue node renderer (both taller than the pinned canvas: their widgets are). The layout keeps room for both."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
@@ -235,14 +235,19 @@ def measure(ui: dict, url: str) -> dict[int, list[float]]:
         page.load_workflow(ui)
         sizes = {int(k): v for k, v in page.evaluate(
             "Object.fromEntries(app.graph._nodes.map(n => [n.id, [...n.computeSize()]]))").items()}
-        page.open_app(newest_frontend_url(), settings={"Comfy.VueNodes.Enabled": True})
         fitted = {**ui, "nodes": [{**n, "size": sizes[n["id"]]} for n in ui["nodes"]]}
+        # the newest frontend's canvas draws some widgets (multiline text) taller than the pinned one's
+        page.open_app(newest_frontend_url(), settings={"Comfy.VueNodes.Enabled": False})
+        page.load_workflow(fitted)
+        canvas = {int(k): v for k, v in page.evaluate(
+            "Object.fromEntries(app.graph._nodes.map(n => [n.id, n.computeSize()[1] + LiteGraph.NODE_TITLE_HEIGHT]))").items()}
+        page.open_app(newest_frontend_url(), settings={"Comfy.VueNodes.Enabled": True})
         page.load_workflow(fitted)
         page.wait_for(f"document.querySelectorAll('[data-node-id]').length >= {len(ui['nodes'])}", 120, "the Vue nodes")
         page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         vue = page.evaluate("""Object.fromEntries(app.graph._nodes.map(n => [n.id,
             document.querySelector(`[data-node-id="${n.id}"]`).getBoundingClientRect().height / app.canvas.ds.scale]))""")
-    return {k: [w, h, vue[str(k)]] for k, (w, h) in sizes.items()}
+    return {k: [w, h, max(vue[str(k)], canvas[k])] for k, (w, h) in sizes.items()}
 
 
 def main() -> None:

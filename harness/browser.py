@@ -158,7 +158,11 @@ class Browser:
 
     def _record(self, event: dict) -> None:
         method, p = event.get("method"), event.get("params", {})
-        if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+        if method == "Page.javascriptDialogOpening" and p.get("type") == "beforeunload":
+            # "leave the page with unsaved changes?": a test navigating away (another frontend, a reload) leaves.
+            # Unanswered, it holds the navigation until every later wait times out (one CI run lost 80 min so).
+            self.ws.send(json.dumps({"id": next(self._ids), "method": "Page.handleJavaScriptDialog", "params": {"accept": True}}))
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
             frames = (p.get("stackTrace") or {}).get("callFrames") or [{}]
             self.console.append(ConsoleMessage("error", text, " ".join(f.get("url", "") for f in frames)))
@@ -204,7 +208,8 @@ class Browser:
         on purpose). `settings` are further user settings stored on the server before the page loads
         (e.g. {"Comfy.VueNodes.Enabled": True}: the Vue node renderer of frontends 1.27+); with that one
         on, the wait includes the default graph's nodes drawn as DOM elements."""
-        settings = {"Comfy.TutorialCompleted": True, **(settings or {})}
+        # no "unsaved changes" prompt when a test navigates away from a graph it changed (see _record too)
+        settings = {"Comfy.TutorialCompleted": True, "Comfy.Window.UnloadConfirmation": False, **(settings or {})}
         req = urllib.request.Request(f"{url}/api/settings", data=json.dumps(settings).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=30).close()

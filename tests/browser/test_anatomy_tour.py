@@ -60,6 +60,6 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, frontend):
     page.screenshot(artifacts_dir() / frontend.name / "anatomy_tour.png")
     rects = page.node_rects()
     covered = overlapping(rects)  # the nodes that grew made room: none covers another
-    types = {n["id"]: n["type"] for n in page.nodes()}
+    types = {int(k): v for k, v in page.evaluate("Object.fromEntries(app.graph._nodes.map(n => [n.id, n.type]))").items()}
     assert covered == [], [(types[a], types[b], rects[a], rects[b]) for a, b in covered]
     assert page.pack_errors() == []
