@@ -401,3 +401,10 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("DA_ARTIFACTS", root / ".cache" / "browser"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# Issue 17, item 10, open: under the newest frontend's Vue node renderer a view's element can still be
+# growing (or has grown by itself, its picture loaded) when web/anatomy.js makes room, so after a run some
+# views cover the node below by a few to a few hundred pixels. The tests report it as an expected failure,
+# naming the pairs, once every other check of the run has passed; on both canvases it is a failure.
+KNOWN_VUE_OVERLAP = "known: Vue renderer views cover their neighbours after a run"

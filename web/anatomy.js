@@ -122,6 +122,15 @@ async function fitNode(node, width, height) {
   app.graph.setDirtyCanvas(true, true);
   await nextFrame(); // the Vue renderer lays the node out again before its box is read
   makeRoom(node, before);
+  // under the Vue renderer the element may grow a little more (its picture loads): once it holds still
+  // for a frame (at most ~1 s), make room again from where the first pass left the nodes
+  for (let i = 0, last = rectOf(node).map(Math.round).join(); i < 30; i++) {
+    await nextFrame();
+    const now = rectOf(node).map(Math.round).join();
+    if (now === last) break;
+    last = now;
+  }
+  makeRoom(node, before);
   state.fitted[node.id] = [width, height, scale];
   app.graph.setDirtyCanvas(true, true);
 }
