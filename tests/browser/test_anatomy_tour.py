@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import KNOWN_VUE_OVERLAP, VIEWS, artifacts_dir, overlapping
+from browser import VIEWS, artifacts_dir, assert_none_covered
 
 pytestmark = pytest.mark.server
 
@@ -59,9 +59,5 @@ def test_anatomy_tour_runs_in_the_browser_and_shows_every_view(page, frontend):
     page.evaluate("new Promise(r => setTimeout(r, 500))")  # the last fits settle (web/anatomy.js fits one at a time)
     page.screenshot(artifacts_dir() / frontend.name / "anatomy_tour.png")
     rects = page.node_rects()
-    covered = overlapping(rects)  # the nodes that grew made room: none covers another
-    types = {int(k): v for k, v in page.evaluate("Object.fromEntries(app.graph._nodes.map(n => [n.id, n.type]))").items()}
     assert page.pack_errors() == []
-    if covered and frontend.vue:  # known: issue 17, item 10 (harness/browser.py KNOWN_VUE_OVERLAP)
-        pytest.xfail(f"{KNOWN_VUE_OVERLAP}: {[(types[a], types[b]) for a, b in covered]}")
-    assert covered == [], [(types[a], types[b], rects[a], rects[b]) for a, b in covered]
+    assert_none_covered(page, rects, frontend.vue)  # the nodes that grew made room

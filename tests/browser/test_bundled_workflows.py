@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import KNOWN_VUE_OVERLAP, VIEWS, artifacts_dir, overlapping
+from browser import VIEWS, artifacts_dir, assert_none_covered, overlapping
 from thumbnails import SIDE as THUMBNAIL_SIDE
 from ui_workflow import IMAGE_ROOM, slug
 
@@ -129,9 +129,5 @@ def test_bundled_workflow_runs_and_no_node_covers_another(page, frontend, path):
     page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
     rects = page.node_rects()
     page.screenshot(artifacts_dir() / frontend.name / f"{path.stem} after run.png")
-    covered = overlapping(rects)
-    types = {int(k): v for k, v in page.evaluate("Object.fromEntries(app.graph._nodes.map(n => [n.id, n.type]))").items()}
     assert page.pack_errors() == []
-    if covered and frontend.vue:  # known: issue 17, item 10 (harness/browser.py KNOWN_VUE_OVERLAP)
-        pytest.xfail(f"{KNOWN_VUE_OVERLAP}: {[(types[a], types[b]) for a, b in covered]}")
-    assert covered == [], [(types[a], types[b], rects[a], rects[b]) for a, b in covered]
+    assert_none_covered(page, rects, frontend.vue)  # the nodes that grew made room
