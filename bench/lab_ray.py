@@ -16,14 +16,11 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if "diffusion_anatomy" not in sys.modules:
-    _pack = types.ModuleType("diffusion_anatomy")
-    _pack.__path__ = [str(ROOT)]
-    sys.modules["diffusion_anatomy"] = _pack
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
+import diffusion_anatomy  # noqa: E402,F401
 
 import torch  # noqa: E402
 

@@ -34,16 +34,12 @@ import argparse
 import json
 import math
 import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a script: import the repo root as the pack
-    _root = Path(__file__).resolve().parents[1]
-    if "diffusion_anatomy" not in sys.modules:
-        _pack = types.ModuleType("diffusion_anatomy")
-        _pack.__path__ = [str(_root)]
-        sys.modules["diffusion_anatomy"] = _pack
+if __name__ == "__main__" and not __package__:  # run as a script: the repo root as the pack (harness/)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "harness"))
+    import diffusion_anatomy  # noqa: F401
     __package__ = "diffusion_anatomy.embedded"
 
 import torch

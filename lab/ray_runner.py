@@ -61,12 +61,9 @@ def _worker_class():
     class Worker:
         def __init__(self, root: str, spec: dict, device: str, threads: int, tokenizer_dir: str):
             import sys
-            import types
 
-            if "diffusion_anatomy" not in sys.modules:
-                pack = types.ModuleType("diffusion_anatomy")
-                pack.__path__ = [root]
-                sys.modules["diffusion_anatomy"] = pack
+            sys.path.insert(0, os.path.join(root, "harness"))
+            import diffusion_anatomy  # noqa: F401  (the repo root as the pack, without ComfyUI)
             import torch
 
             from diffusion_anatomy.lab import judged_sweep
