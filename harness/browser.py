@@ -366,6 +366,13 @@ class Browser:
                 const x = (r.left - c.left) / ds.scale - ds.offset[0], y = (r.top - c.top) / ds.scale - ds.offset[1];
                 return [n.id, [x, y, x + r.width / ds.scale, y + r.height / ds.scale]]; })); })()""").items()}
 
+    def wait_settled(self, timeout: float = 120) -> None:
+        """Wait until web/anatomy.js watches no node any more (under the Vue renderer it watches each node that
+        shows pictures until they have loaded and its element holds still, making room as it grows), then two
+        frames: what a user sees once the pictures are in."""
+        self.wait_for("!window.DiffusionAnatomy || window.DiffusionAnatomy.settling === 0", timeout, "the layout to settle")
+        self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
     def pack_errors(self) -> list[ConsoleMessage]:
         """Console errors, uncaught exceptions and failed requests that come from the pack."""
         self.send("Runtime.evaluate", {"expression": "0"})  # drain events that arrived since the last call
@@ -403,20 +410,9 @@ def artifacts_dir() -> Path:
     return path
 
 
-# Issue 17, item 10, open: under the newest frontend's Vue node renderer a view's element can still be
-# growing (or has grown by itself, its picture loaded) when web/anatomy.js makes room, so after a run some
-# views cover the node below by a few to a few hundred pixels. The tests report it as an expected failure,
-# naming the pairs, once every other check of the run has passed; on both canvases it is a failure.
-KNOWN_VUE_OVERLAP = "known: Vue renderer views cover their neighbours after a run"
-
-
-def assert_none_covered(page: Browser, rects: dict[int, list[float]], vue: bool) -> None:
-    """No two nodes' rectangles overlap (`overlapping`), the pairs named by type; under the Vue renderer an
-    overlap is the expected failure KNOWN_VUE_OVERLAP (call it after the run's other checks)."""
-    import pytest  # noqa: PLC0415  (only the tests call this)
-
+def assert_none_covered(page: Browser, rects: dict[int, list[float]]) -> None:
+    """No two nodes' rectangles overlap (`overlapping`), the pairs named by type and rectangle (take `rects`
+    with `page.node_rects()` after `page.wait_settled()`, once the run's other checks are done)."""
     covered = overlapping(rects)
     types = {int(k): v for k, v in page.evaluate("Object.fromEntries(app.graph._nodes.map(n => [n.id, n.type]))").items()}
-    if covered and vue:
-        pytest.xfail(f"{KNOWN_VUE_OVERLAP}: {[(types[a], types[b]) for a, b in covered]}")
     assert covered == [], [(types[a], types[b], rects[a], rects[b]) for a, b in covered]

@@ -48,7 +48,8 @@ class ComfyServer:
     @classmethod
     def start(cls, work: Path, port: int | None = None, checkpoints: list[Path] = (), loras: list[Path] = (),
               controlnet: list[Path] = (), gpu: bool = False, front_end_root: Path | None = None,
-              timeout: float = 180.0) -> "ComfyServer":
+              threads: int | None = None, timeout: float = 180.0) -> "ComfyServer":
+        """`threads`: torch's CPU threads in the server (OMP_NUM_THREADS), default torch's own choice."""
         comfy_dir = hostenv.comfyui_dir()
         if not (comfy_dir / "main.py").is_file():
             raise RuntimeError(f"no ComfyUI at {comfy_dir}: run host/install.sh (or set COMFYUI_PATH)")
@@ -80,6 +81,8 @@ class ComfyServer:
         if front_end_root:  # another frontend than the pinned package (host/install_frontend.sh fetches one)
             cmd += ["--front-end-root", str(front_end_root)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if threads:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         with open(log, "wb") as out:
             process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=comfy_dir, env=env,
                                        start_new_session=True)

@@ -4,9 +4,12 @@
 // Denoising Steps Recorder's live strip (a progress preview at every recorded step while the sampler
 // runs) resizes its node the same way as it arrives. ComfyUI itself shows the pictures: the views
 // return them as ui images, the recorder sends them as previews with metadata (its node id).
-// Only documented extension APIs are used (app.registerExtension's setup hook, api events, the
-// graph's nodes and groups): no node prototype is patched, so it works on the litegraph canvas and
-// on the Vue node renderer of newer frontends alike.
+// Under the Vue node renderer of newer frontends a node is an element whose height follows its content, so
+// any node that shows pictures (core's Save Image and Preview Image too) grows by itself when they load:
+// there every such node's element is watched after a run until it holds still, and room is made each
+// time it grows. Only documented extension APIs are used (app.registerExtension's setup hook, api events,
+// the graph's nodes and groups, the DOM the renderer draws): no node prototype is patched, so it works on
+// the litegraph canvas and on the Vue node renderer alike.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -21,7 +24,11 @@ const MARGIN = 10; // px around the picture inside the node
 const GAP = 16; // px kept between a grown node and the nodes it moved
 
 // What a test (or a curious user in the console) can read: previews received and picture sizes per node id.
-const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, fitted: {} });
+// `settling`: nodes whose element is still watched (a test waits for 0 before it reads the layout).
+const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, fitted: {}, settling: 0 });
+state.settling ??= 0;
+const QUIET_MS = 1200; // an element unchanged this long, its pictures loaded, has settled
+const WATCH_MAX_MS = 60000; // stop watching after this long whatever happens (a picture that never loads)
 
 const titleHeight = () => globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
 const graphNodes = () => app.graph._nodes ?? app.graph.nodes ?? [];
@@ -31,8 +38,10 @@ const nextFrame = () => new Promise((resolve) => requestAnimationFrame(() => req
 // A node's rectangle as the user sees it, title bar included, in canvas units: [left, top, right, bottom].
 // The Vue node renderer draws a node as an element that may be taller than the size the graph stores
 // (its widgets are taller), so there the element's box is read; on the canvas it is pos and size.
+const elementOf = (node) => document.querySelector(`[data-node-id="${node.id}"]`);
+
 function rectOf(node) {
-  const el = document.querySelector(`[data-node-id="${node.id}"]`);
+  const el = elementOf(node);
   const ds = app.canvas?.ds;
   const canvas = app.canvas?.canvas?.getBoundingClientRect?.();
   if (el && ds && canvas) {
@@ -66,19 +75,21 @@ function moveBy(node, rects, dx, dy) {
   rects.set(node, [r[0] + dx, r[1] + dy, r[2] + dx, r[3] + dy]);
 }
 
-// Move the nodes that `grown` now covers (and did not cover before) out of its way, then those the
-// moved ones cover, and so on; grow each group around the members it had before.
-function makeRoom(grown, { rects, members }) {
+// Move the nodes that `grown` now covers (and did not cover `before` it grew) out of its way, then those
+// the moved ones cover, and so on; grow each group around the members it had before. It starts from
+// where the nodes are now (an earlier pass, or another node's, may have moved them), so it can run again
+// each time the node grows; a pair that overlapped before anything grew is the user's, and is left.
+function makeRoom(grown, before) {
   const nodes = graphNodes();
-  const initial = new Map(rects);
-  const alreadyCovered = new Set(nodes.filter((n) => n !== grown && rects.has(n) && overlaps(rects.get(grown), rects.get(n))));
-  rects.set(grown, rectOf(grown));
+  const rects = new Map(nodes.map((n) => [n, rectOf(n)]));
+  const was = before.rects;
+  const overlappedBefore = (a, b) => was.has(a) && was.has(b) && overlaps(was.get(a), was.get(b));
   const queue = [grown];
   for (let guard = 0; queue.length && guard < 10 * nodes.length; guard++) {
     const mover = queue.shift();
     const r = rects.get(mover);
     for (const other of nodes) {
-      if (other === mover || !rects.has(other) || (mover === grown && alreadyCovered.has(other))) continue;
+      if (other === mover || overlappedBefore(mover, other)) continue;
       const o = rects.get(other);
       if (!overlaps(r, o)) continue;
       // below the mover's top: push down; beside it (it grew to the right into the other): push right
@@ -88,21 +99,20 @@ function makeRoom(grown, { rects, members }) {
     }
   }
   // then any pair that overlaps now and did not before (a cascade the queue missed): the lower one goes down
-  const before = new Set();
-  for (const a of nodes) for (const b of nodes) if (a !== b && initial.has(a) && initial.has(b) && overlaps(initial.get(a), initial.get(b))) before.add(a.id + ":" + b.id);
   for (let moved = true, guard = 0; moved && guard < nodes.length; guard++) {
     moved = false;
     for (const a of nodes) for (const b of nodes) {
-      if (a === b || !rects.has(a) || !rects.has(b) || before.has(a.id + ":" + b.id)) continue;
+      if (a === b || overlappedBefore(a, b)) continue;
       const ra = rects.get(a), rb = rects.get(b);
       if (!overlaps(ra, rb) || rb[1] < ra[1] || (rb[1] === ra[1] && rb[0] < ra[0])) continue;
       moveBy(b, rects, 0, ra[3] + GAP - rb[1]);
       moved = true;
     }
   }
+  const members = before.members;
   graphGroups().forEach((group, i) => {
     const box = groupBox(group);
-    const need = members[i].map((n) => rects.get(n)).reduce((b, r) => [b[0], b[1], Math.max(b[2], r[2] + MARGIN), Math.max(b[3], r[3] + MARGIN)], box);
+    const need = members[i].filter((n) => rects.has(n)).map((n) => rects.get(n)).reduce((b, r) => [b[0], b[1], Math.max(b[2], r[2] + MARGIN), Math.max(b[3], r[3] + MARGIN)], box);
     if (need[2] > box[2] || need[3] > box[3]) {
       const size = [need[2] - need[0], need[3] - need[1]];
       if (group._bounding) [group._bounding[2], group._bounding[3]] = size;
@@ -111,11 +121,11 @@ function makeRoom(grown, { rects, members }) {
   });
 }
 
-// Size the node to show a width x height picture at the bounded scale, then make room for it.
-async function fitNode(node, width, height) {
+// Size the node to show a width x height picture at the bounded scale, then make room for it (`before`: the
+// layout when the picture arrived; under the Vue renderer the node may have grown by itself since).
+async function fitNode(node, width, height, before) {
   if (!node || !width || !height) return;
   const scale = Math.min(1, MAX_WIDTH / width, MAX_HEIGHT / height);
-  const before = snapshot();
   const w = Math.max(node.size[0], Math.round(width * scale) + 2 * MARGIN);
   const widgets = node.computeSize ? node.computeSize([w, 0])[1] : node.size[1];
   node.setSize([w, Math.round(widgets + height * scale + 2 * MARGIN)]);
@@ -133,14 +143,54 @@ async function fitNode(node, width, height) {
   makeRoom(node, before);
   state.fitted[node.id] = [width, height, scale];
   app.graph.setDirtyCanvas(true, true);
+  watchGrowth(node, before); // the Vue renderer: its picture may load and grow the element later still
+}
+
+const watching = new Map(); // node id -> stop(): one watch per node, a new run's replaces the last
+
+// Under the Vue renderer: make room (from the layout `before` the node grew) each time the node's element
+// changes size, until it has held still for QUIET_MS with every picture in it loaded. On the canvas there
+// is no element and node.size is what is drawn, so nothing is watched.
+function watchGrowth(node, before) {
+  const el = elementOf(node);
+  if (!el || typeof ResizeObserver === "undefined") return;
+  watching.get(node.id)?.();
+  state.settling++;
+  let quiet, stopped = false;
+  const started = performance.now();
+  const loaded = () => [...el.querySelectorAll("img")].every((img) => img.complete);
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    clearTimeout(quiet);
+    observer.disconnect();
+    watching.delete(node.id);
+    state.settling--;
+  };
+  const later = () => {
+    clearTimeout(quiet);
+    quiet = setTimeout(() => (loaded() || performance.now() - started > WATCH_MAX_MS ? stop() : later()), QUIET_MS);
+  };
+  const observer = new ResizeObserver(() => {
+    fitting = fitting.then(() => {
+      if (stopped) return;
+      makeRoom(node, before);
+      app.graph.setDirtyCanvas(true, true);
+    }).catch((e) => console.error("DiffusionAnatomy: making room", e));
+    later();
+  });
+  observer.observe(el);
+  watching.set(node.id, stop);
+  later();
 }
 
 let fitting = Promise.resolve(); // one fit at a time: each reads where the previous one left the nodes
 
 function fitToUrl(node, url) {
+  const before = snapshot(); // now, as the picture arrives: the renderer has not drawn it yet
   const img = new Image();
   img.onload = () => {
-    fitting = fitting.then(() => fitNode(node, img.naturalWidth, img.naturalHeight)).catch((e) => console.error("DiffusionAnatomy: fitting a view", e));
+    fitting = fitting.then(() => fitNode(node, img.naturalWidth, img.naturalHeight, before)).catch((e) => console.error("DiffusionAnatomy: fitting a view", e));
     if (url.startsWith("blob:")) URL.revokeObjectURL(url);
   };
   img.src = url;
@@ -155,7 +205,10 @@ app.registerExtension({
     api.addEventListener("executed", ({ detail }) => {
       const node = nodeOf(detail?.display_node ?? detail?.node);
       const image = detail?.output?.images?.[0];
-      if (!node || !VIEWS.has(node.type) || !image) return;
+      if (!node || !image) return;
+      // any other node that shows pictures (Save Image, Preview Image...): under the Vue renderer it grows
+      // as they load (its element not yet redrawn now, so the layout now is the one before it grew)
+      if (!VIEWS.has(node.type)) return watchGrowth(node, snapshot());
       const query = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type ?? "temp" });
       fitToUrl(node, api.apiURL(`/view?${query}`));
     });
