@@ -81,6 +81,7 @@ function moveBy(node, rects, dx, dy) {
 // each time the node grows; a pair that overlapped before anything grew is the user's, and is left.
 function makeRoom(grown, before) {
   const nodes = graphNodes();
+  if (!nodes.includes(grown)) return; // another workflow is open now (or the node was deleted)
   const rects = new Map(nodes.map((n) => [n, rectOf(n)]));
   const was = before.rects;
   const overlappedBefore = (a, b) => was.has(a) && was.has(b) && overlaps(was.get(a), was.get(b));
@@ -174,6 +175,7 @@ function watchGrowth(node, before) {
   const observer = new ResizeObserver(() => {
     fitting = fitting.then(() => {
       if (stopped) return;
+      if (!graphNodes().includes(node)) return stop(); // its workflow was closed or replaced
       makeRoom(node, before);
       app.graph.setDirtyCanvas(true, true);
     }).catch((e) => console.error("DiffusionAnatomy: making room", e));

@@ -17,6 +17,7 @@ const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253
 const state = {
   lang: "en", runs: [], run: null, runB: null, step: 0, part: "timeline", word: null, level: "all", sumSteps: false,
   scale: null, unetLevel: null, playing: null, error: null, renders: 0, canvases: {}, message: "",
+  busy: 0, // run events being handled and runs being loaded (a test waits for 0 before it picks runs)
 };
 window.DiffusionAnatomyExplorer = state;
 let root = null;
@@ -117,6 +118,7 @@ async function refreshRuns() {
 
 async function select(id, which = "A") {
   state.message = t().loading;
+  state.busy++;
   render();
   try {
     const run = await loadRun(id);
@@ -130,6 +132,8 @@ async function select(id, which = "A") {
   } catch (e) {
     state.message = `${t().deleted} (${e.message || e})`;
     if (which === "A") state.run = null; else state.runB = null;
+  } finally {
+    state.busy--;
   }
   render();
 }
@@ -543,10 +547,15 @@ app.registerExtension({
         render();
         return;
       }
-      await refreshRuns();
-      if (detail.status !== "running") { // the run just queued is the one to look at
-        state.message = "";
-        await select(detail.run);
+      state.busy++;
+      try {
+        await refreshRuns();
+        if (detail.status !== "running") { // the run just queued is the one to look at
+          state.message = "";
+          await select(detail.run);
+        }
+      } finally {
+        state.busy--;
       }
     });
   },

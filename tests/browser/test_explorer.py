@@ -216,6 +216,11 @@ def test_explorer_compare_marks_the_differing_word(page, frontend):
     a, b = runs["A"], runs["B"]  # ComfyUI may run the two branches in either order
     ia, ib = server_index(server, a), server_index(server, b)
     assert ia["label"] == "A" and ib["label"] == "B" and ia["seed"] == ib["seed"]
+    # the panel shows each run as it completes: let it finish with the last (ids grow with time, branches run
+    # one after the other) before picking runs, or its showing that one would replace the pick
+    last = max(a, b)
+    page.wait_for(f"window.DiffusionAnatomyExplorer.live?.run === {json.dumps(last)} && window.DiffusionAnatomyExplorer.live.status "
+                  "=== 'complete' && window.DiffusionAnatomyExplorer.busy === 0", 60, "the panel done with both runs")
     set_input(page, ".da-runs", a, "change")
     page.wait_for(f"window.DiffusionAnatomyExplorer.run?.id === {json.dumps(a)} && !!window.DiffusionAnatomyExplorer.run.latents", 60)
     click(page, ".da-tab[data-part=compare]")
