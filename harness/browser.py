@@ -244,6 +244,11 @@ class Browser:
         for kind in ("keyDown", "keyUp"):
             self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": code, "windowsVirtualKeyCode": key_code})
 
+    def discard(self) -> None:
+        """Have the next reuse_app load the app afresh: for a test that leaves the frontend in a state it made on
+        purpose (a workflow with a missing node keeps the newest frontend's "issues found" warning coming back)."""
+        self._opened = None
+
     def close_dialogs(self, timeout: float = 60.0) -> None:
         """Close open dialogs as a user would: Escape, else the dialog's close (x) button."""
         deadline = time.monotonic() + timeout
