@@ -372,9 +372,10 @@ class Browser:
                 return [n.id, [x, y, x + r.width / ds.scale, y + r.height / ds.scale]]; })); })()""").items()}
 
     def wait_settled(self, timeout: float = 120) -> None:
-        """Wait until web/anatomy.js watches no node any more (under the Vue renderer it watches each node that
-        shows pictures until they have loaded and its element holds still, making room as it grows), then two
-        frames: what a user sees once the pictures are in."""
+        """Wait until web/anatomy.js has fitted every picture that arrived (the live strip's previews queue fits)
+        and watches no node any more (under the Vue renderer it watches each node that shows pictures until they
+        have loaded and its element holds still, making room as it grows), then two frames: what a user sees once
+        the pictures are in."""
         self.wait_for("!window.DiffusionAnatomy || window.DiffusionAnatomy.settling === 0", timeout, "the layout to settle")
         self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 

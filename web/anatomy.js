@@ -24,7 +24,8 @@ const MARGIN = 10; // px around the picture inside the node
 const GAP = 16; // px kept between a grown node and the nodes it moved
 
 // What a test (or a curious user in the console) can read: previews received and picture sizes per node id.
-// `settling`: nodes whose element is still watched (a test waits for 0 before it reads the layout).
+// `settling`: pictures still loading or being fitted, and nodes whose element is still watched (a test waits
+// for 0 before it reads the layout).
 const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, fitted: {}, settling: 0 });
 state.settling ??= 0;
 const QUIET_MS = 1200; // an element unchanged this long, its pictures loaded, has settled
@@ -190,9 +191,16 @@ let fitting = Promise.resolve(); // one fit at a time: each reads where the prev
 
 function fitToUrl(node, url) {
   const before = snapshot(); // now, as the picture arrives: the renderer has not drawn it yet
+  state.settling++; // until the picture is loaded and the node fitted (fits queue up while previews stream in)
+  const settled = () => state.settling--;
   const img = new Image();
   img.onload = () => {
-    fitting = fitting.then(() => fitNode(node, img.naturalWidth, img.naturalHeight, before)).catch((e) => console.error("DiffusionAnatomy: fitting a view", e));
+    fitting = fitting.then(() => fitNode(node, img.naturalWidth, img.naturalHeight, before))
+      .catch((e) => console.error("DiffusionAnatomy: fitting a view", e)).finally(settled);
+    if (url.startsWith("blob:")) URL.revokeObjectURL(url);
+  };
+  img.onerror = () => {
+    settled();
     if (url.startsWith("blob:")) URL.revokeObjectURL(url);
   };
   img.src = url;
