@@ -27,7 +27,6 @@ const GAP = 16; // px kept between a grown node and the nodes it moved
 // `settling`: pictures still loading or being fitted, and nodes whose element is still watched (a test waits
 // for 0 before it reads the layout).
 const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, fitted: {}, settling: 0 });
-state.settling ??= 0;
 const QUIET_MS = 1200; // an element unchanged this long, its pictures loaded, has settled
 const WATCH_MAX_MS = 60000; // stop watching after this long whatever happens (a picture that never loads)
 
@@ -218,7 +217,10 @@ app.registerExtension({
       if (!node || !image) return;
       // any other node that shows pictures (Save Image, Preview Image...): under the Vue renderer it grows
       // as they load (its element not yet redrawn now, so the layout now is the one before it grew)
-      if (!VIEWS.has(node.type)) return watchGrowth(node, snapshot());
+      if (!VIEWS.has(node.type)) {
+        if (elementOf(node)) watchGrowth(node, snapshot()); // on the canvas nothing grows by itself: no layout to take
+        return;
+      }
       const query = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type ?? "temp" });
       fitToUrl(node, api.apiURL(`/view?${query}`));
     });
