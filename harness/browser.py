@@ -46,6 +46,7 @@ NOT_THE_PACK = ("https://api.comfy.org/",)
 # The frontend looks for a node's help page in the user's language first (docs/<node id>/<locale>.md)
 # and falls back to docs/<node id>.md, the one the pack ships: that first 404 is the lookup, not a fault.
 LOCALISED_HELP = re.compile(rf"/extensions/{PACK_FOLDER}/docs/[^/]+/[a-zA-Z-]+\.md$")
+NOTICES = "[role=dialog], [role=alert], [role=status]"  # where the frontend tells the user something (notices())
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # The pack's seven views: each shows its picture in its node, and web/anatomy.js sizes the node to it
 VIEWS = frozenset({"DiffusionAnatomyTokens", "DiffusionAnatomyForwardDiffusion", "DiffusionAnatomyDenoisingSteps",
@@ -296,8 +297,18 @@ class Browser:
         return self.evaluate("[...document.querySelectorAll('[role=dialog] [role=button]')].map(b => b.innerText.trim()).filter(Boolean)")
 
     def load_workflow(self, workflow: dict, name: str = "test") -> None:
-        """Open a UI-format workflow as the frontend does for a dropped file (app.loadGraphData)."""
-        self.evaluate(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)}).then(() => true)")
+        """Open a UI-format workflow as the frontend does for a dropped file (app.loadGraphData), and return
+        once the notices about the graph it replaced are gone. 1.58 opens on a default graph whose models
+        are not installed ("2 issues found"); the load closes that warning, but its element leaves the page
+        only after a closing transition (measured 0.1 s), where a test reading notices() right after the
+        load would take it for one about the new graph. A warning the new graph raises is a new element."""
+        self.evaluate(f"""(async () => {{
+            const old = [...document.querySelectorAll('{NOTICES}')];
+            await app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(name)});
+            const until = performance.now() + 5000;
+            while (old.some(e => e.isConnected && e.innerText.trim()) && performance.now() < until)
+                await new Promise(r => setTimeout(r, 50));
+            return true; }})()""")
 
     def nodes(self) -> list[dict]:
         """The graph's nodes as the frontend holds them (size is the drawn size, in canvas units)."""
@@ -316,14 +327,13 @@ class Browser:
 
     def wait_for_notice(self, text: str, timeout: float = 60.0) -> list[str]:
         """Wait until a dialog or alert says `text`; return the notices."""
-        return self.wait_for(f"""(() => {{ const t = [...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')].map(d => d.innerText.trim()).filter(Boolean);
+        return self.wait_for(f"""(() => {{ const t = [...document.querySelectorAll('{NOTICES}')].map(d => d.innerText.trim()).filter(Boolean);
             return t.some(x => x.includes({json.dumps(text)})) ? t : null; }})()""", timeout, f"a notice saying {text!r}")
 
     def notices(self) -> list[str]:
         """What the frontend tells the user now: open dialogs and alerts (1.58 reports missing nodes
         in a status toast where 1.32 opens a dialog); empty regions left out."""
-        return self.evaluate("[...document.querySelectorAll('[role=dialog], [role=alert], [role=status]')]"
-                             ".map(d => d.innerText.trim()).filter(Boolean)")
+        return self.evaluate(f"[...document.querySelectorAll('{NOTICES}')].map(d => d.innerText.trim()).filter(Boolean)")
 
     def queue(self, timeout: float = 180.0) -> str:
         """Queue the current graph as the Queue button does (app.queuePrompt); return the server's prompt id.
