@@ -57,7 +57,10 @@ def summary_lines(result: SweepResult) -> list[str]:
     lines = []
     for key, ref in result.references.items():
         check = f"halving its steps changes it by {ref.halving_change:.2e} (relative RMS)" if ref.halving_change is not None else "not verified in this run"
-        lines.append(f"- reference ({ref.how}): {ref.calls} model calls, {ref.seconds:.1f} s; {check}")
+        cost = (f"solved by an earlier run of this process for the same model, conditioning, latent, seed and cfg "
+                f"({ref.calls} model calls, {ref.seconds:.1f} s then), reused" if key in result.reused
+                else f"{ref.calls} model calls, {ref.seconds:.1f} s")
+        lines.append(f"- reference ({ref.how}): {cost}; {check}")
     lines.append(f"- time: runs {result.seconds_cells:.2f} s, references {result.seconds_references:.2f} s, "
                  f"everything else (bookkeeping) {100 * result.overhead:.1f}% of the runs")
     return lines

@@ -20,9 +20,11 @@ denoiser evaluation, cond and uncond batched together as ComfyUI does).
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Protocol, Sequence
@@ -142,6 +144,55 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+SAMPLED_VALUES = 64  # values read from each weight tensor for a model's identity (identity(sample=...))
+
+
+class Same:
+    """Stands in a cache key for an object that has no value to compare (a patch function, a ControlNet): equal only
+    to a Same of the very object while that object lives. A weak reference where the object allows one, so that a
+    key keeps nothing alive and a freed object's address, reused by a new object, never matches it."""
+
+    __slots__ = ("oid", "ref")
+
+    def __init__(self, obj):
+        self.oid = id(obj)
+        try:
+            self.ref = weakref.ref(obj)
+        except TypeError:  # no weak references to it: hold it (such objects are small: no tensors or modules here)
+            self.ref = lambda obj=obj: obj
+
+    def __hash__(self) -> int:
+        return self.oid
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Same) and self.oid == other.oid and self.ref() is not None and self.ref() is other.ref()
+
+
+def identity(obj, sample: int | None = None):
+    """A hashable description of `obj` for the reference cache: containers by their items, tensors by shape, dtype
+    and a digest of their values (all of them, or `sample` values evenly spaced: a model's weights, where reading all
+    of an SD checkpoint would cost seconds; two trainings of a network differ in nearly every value), plain values as
+    they are, anything else by identity (Same). Two equal descriptions mean the same computation; an object met
+    again after it was rebuilt (a patch function made anew when its node ran again) only misses the cache."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if sample is not None and t.numel() > sample:
+            t = t.reshape(-1)[torch.linspace(0, t.numel() - 1, sample, device=t.device).long()]
+        try:
+            return ("tensor", tuple(obj.shape), str(obj.dtype), fingerprint(t))
+        except (RuntimeError, TypeError):  # a tensor subclass whose values cannot be read as floats here
+            return ("tensor", tuple(obj.shape), str(obj.dtype), Same(obj))
+    if isinstance(obj, dict):
+        return ("dict", tuple((identity(k), identity(v, sample)) for k, v in obj.items()))
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(identity(v, sample) for v in obj))
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return (type(obj).__name__, obj.name)
+    return Same(obj)
+
+
 class CountingModel:
     """The model function given to a sampler, counting its calls; `on_call` runs before each (interrupt checks)."""
 
@@ -212,6 +263,7 @@ class SweepResult:
     samplers: list[str]
     schedules: list[Schedule]
     steps: list[int]
+    reused: set[tuple] = field(default_factory=set)  # references taken from the cache, solved by an earlier sweep
 
     @property
     def seconds_cells(self) -> float:
@@ -233,13 +285,28 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
+def cached(key: tuple, verify: bool) -> Reference | None:
+    """The cache's reference for `key`, if it has one that is good enough (verified when verification is asked)."""
+    ref = REFERENCE_CACHE.get(key)
+    return ref if ref is not None and (ref.halving_change is not None or not verify) else None
+
+
+def remember(key: tuple, ref: Reference) -> None:
+    """Keep `ref` for `key`, the oldest entry dropped beyond CACHE_LIMIT."""
+    REFERENCE_CACHE.pop(key, None)
+    if len(REFERENCE_CACHE) >= CACHE_LIMIT:
+        REFERENCE_CACHE.pop(next(iter(REFERENCE_CACHE)))
+    REFERENCE_CACHE[key] = ref
+
+
 def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress: Callable | None = None) -> tuple[tuple, Reference]:
     """The probability-flow ODE's solution over this schedule's sigma range, from the cache or solved once."""
     positive = [float(s) for s in sigmas if s > 0]
-    key = (*backend.key(), "ode", round(positive[0], 9), round(positive[-1], 9), float(sigmas[-1]) == 0.0)
-    cached = REFERENCE_CACHE.get(key)
-    if cached is not None and (cached.halving_change is not None or not verify):
-        return key, cached
+    # the range to 6 significant digits: the same schedule computed in float32 (core's) or float64 (the pack's)
+    # shares one reference; a start 1e-6 apart changes the solution by about that, below the reference's own accuracy
+    key = (*backend.key(), "ode", float(f"{positive[0]:.6g}"), float(f"{positive[-1]:.6g}"), float(sigmas[-1]) == 0.0)
+    if (ref := cached(key, verify)) is not None:
+        return key, ref
     span = torch.tensor([positive[0], positive[-1]] + ([0.0] if float(sigmas[-1]) == 0 else []), dtype=sigmas.dtype)
     if len(positive) == 1:
         span = sigmas
@@ -254,9 +321,7 @@ def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress
     how = (f"Heun from jump to jump of the model's timestep ({len(backend.model_sigmas) if backend.model_sigmas is not None else 0}-entry sigma table), "
            f"at most {MAX_LOG_STEP} in log sigma per step, sigma {positive[0]:.4g} to {positive[-1]:.4g}, then x = D(x, sigma_last)")
     ref = Reference(out[False], how, calls, seconds, relative_error(out[False], out[True]) if verify else None)
-    if len(REFERENCE_CACHE) >= CACHE_LIMIT:
-        REFERENCE_CACHE.pop(next(iter(REFERENCE_CACHE)))
-    REFERENCE_CACHE[key] = ref
+    remember(key, ref)
     return key, ref
 
 
@@ -264,9 +329,8 @@ def own_reference(backend: Backend, sampler_id: str, schedule: Schedule, steps: 
                   progress: Callable | None = None) -> tuple[tuple, Reference]:
     """A pathwise-stochastic sampler's own run at `steps` (and at steps/2 to state the change), cached likewise."""
     key = (*backend.key(), "own", sampler_id, schedule.name, steps)
-    cached = REFERENCE_CACHE.get(key)
-    if cached is not None and (cached.halving_change is not None or not verify):
-        return key, cached
+    if (ref := cached(key, verify)) is not None:
+        return key, ref
     t0, calls, out = time.perf_counter(), 0, {}
     for n in ([steps, steps // 2] if verify else [steps]):
         counter: dict = {}
@@ -274,7 +338,7 @@ def own_reference(backend: Backend, sampler_id: str, schedule: Schedule, steps: 
         calls += counter["calls"]
     ref = Reference(out[steps], f"{REGISTRY[sampler_id].name} at {steps} steps ({schedule.name}), same seed",
                     calls, time.perf_counter() - t0, relative_error(out[steps // 2], out[steps]) if verify else None)
-    REFERENCE_CACHE[key] = ref
+    remember(key, ref)
     return key, ref
 
 
@@ -326,6 +390,7 @@ def sweep(backend: Backend, samplers: Sequence[str], schedules: Sequence[Schedul
             on_cell(cell, k, len(todo))
     t_refs = time.perf_counter()
     references: dict[tuple, Reference] = {}
+    before = dict(REFERENCE_CACHE)  # what earlier sweeps solved
     biggest = max(steps) if steps else 1
     for cell, (sid, sch, n) in zip(cells, todo):
         if cell.against == Against.OWN:
@@ -336,7 +401,8 @@ def sweep(backend: Backend, samplers: Sequence[str], schedules: Sequence[Schedul
         references[key] = ref
         cell.error = relative_error(cell.latent, ref.latent)
     t_end = time.perf_counter()
-    return SweepResult(cells, references, t_end - t_start, t_end - t_refs, list(samplers), list(schedules), list(steps))
+    return SweepResult(cells, references, t_end - t_start, t_end - t_refs, list(samplers), list(schedules), list(steps),
+                       reused={key for key, ref in references.items() if before.get(key) is ref})
 
 
 def expected_progress(backend: Backend, samplers, schedules, steps, verify_reference: bool = False) -> int:

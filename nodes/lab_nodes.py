@@ -20,7 +20,7 @@ import torch
 
 from ..anatomy import draw
 from ..lab import judged, report
-from ..lab.sweep import LabError, Schedule, fingerprint, parse_samplers, parse_schedules, parse_steps, sweep, expected_progress
+from ..lab.sweep import SAMPLED_VALUES, LabError, Schedule, fingerprint, identity, parse_samplers, parse_schedules, parse_steps, sweep, expected_progress
 from ..samplers.schedules import calculate_sigmas
 from .common import CATEGORY, PREFIX
 
@@ -35,6 +35,7 @@ class ComfyBackend:
         self.sampling = model.get_model_object("model_sampling")
         table = getattr(self.sampling, "sigmas", None)
         self.model_sigmas = table.detach().float().cpu() if table is not None else None
+        self._key = None
 
     def sigmas(self, schedule: str, steps: int) -> torch.Tensor:
         return calculate_sigmas(schedule, steps, model_sigmas=self.model_sigmas, sigma_min=float(self.sampling.sigma_min),
@@ -47,9 +48,18 @@ class ComfyBackend:
                                           self.latent, noise_mask=self.noise_mask, callback=step, disable_pbar=True, seed=self.seed)
 
     def key(self) -> tuple:
-        conds = [c[0] for c in (*self.positive, *self.negative)]
-        return ("comfy", id(self.model.model), getattr(self.model, "patches_uuid", None), fingerprint(*conds, self.latent),
-                self.cfg, self.seed)
+        """What the reference depends on, by value where it has one (lab/sweep.py identity): the weights (sampled),
+        the weight patches (LoRA), the object patches and model options (FreeU, ModelSampling*, CFG functions:
+        by identity), the prediction type, the conditioning with its extras (a ControlNet: by identity), the
+        latent, its mask and batch index, cfg and seed. So a re-run after other graphs (the loader run again:
+        the same file) reuses the reference, and a patched clone of the model never takes its base's."""
+        if self._key is None:
+            m, inner = self.model, self.model.model
+            self._key = ("comfy", type(inner).__name__, str(getattr(inner, "model_type", "")),
+                         identity(inner.state_dict(), sample=SAMPLED_VALUES), identity(m.patches, sample=SAMPLED_VALUES),
+                         identity(m.object_patches), identity(m.model_options), identity([*self.positive, *self.negative]),
+                         fingerprint(self.latent), identity(self.noise_mask), identity(self.batch_index), self.cfg, self.seed)
+        return self._key
 
 
 def pictures(model, vae, latents: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ Euler-40's error).
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
 import time
@@ -20,8 +21,8 @@ import torch
 
 from diffusion_anatomy.lab import report
 from diffusion_anatomy.lab.reference import jump_sigmas, reference_calls, reference_grid, sample_reference
-from diffusion_anatomy.lab.sweep import (REFERENCE_CACHE, Against, Cell, LabError, Schedule, SweepResult, against, parse_samplers,
-                                         parse_schedules, parse_steps, relative_error, sweep)
+from diffusion_anatomy.lab.sweep import (REFERENCE_CACHE, SAMPLED_VALUES, Against, Cell, LabError, Schedule, SweepResult, against,
+                                         identity, parse_samplers, parse_schedules, parse_steps, relative_error, sweep)
 from diffusion_anatomy.samplers import REGISTRY
 from diffusion_anatomy.samplers.runner import run_sampler
 from diffusion_anatomy.samplers.schedules import calculate_sigmas
@@ -102,8 +103,42 @@ def test_reference_is_cached_per_problem():
     first = sweep(backend, ["euler"], KARRAS, [4])
     second = sweep(backend, ["heun", "dpmpp_2m"], KARRAS, [4, 8])  # more samplers and steps: the same reference
     assert list(first.references.values())[0] is list(second.references.values())[0]
+    assert not first.reused and second.reused == set(second.references)  # and each result says where it came from
+    assert "reused" in "\n".join(report.summary_lines(second)) and "reused" not in "\n".join(report.summary_lines(first))
     other = sweep(GaussianBackend(seed=6), ["euler"], KARRAS, [4])  # another seed: another problem
-    assert list(other.references.values())[0] is not list(first.references.values())[0]
+    assert list(other.references.values())[0] is not list(first.references.values())[0] and not other.reused
+
+
+def test_identity_compares_values_and_falls_back_to_the_object():
+    """The reference cache's keys: equal values give equal descriptions (a model loaded again), any difference in
+    a value read gives another, and objects without values (patch functions) match only themselves while alive."""
+    w = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert identity({"w": w, "n": [1, 2.5, None, "x"]}) == identity({"w": w.clone(), "n": [1, 2.5, None, "x"]})
+    changed = w.clone()
+    changed[500] += 1e-3
+    assert identity(w) != identity(changed)  # all values read
+    sampled = torch.linspace(0, 999, SAMPLED_VALUES).long()
+    assert identity(w, SAMPLED_VALUES) == identity(w.clone(), SAMPLED_VALUES)
+    for i in (0, int(sampled[1]), 999):  # a value that is read changes the sampled description
+        other = w.clone()
+        other[i] += 1e-3
+        assert identity(w, SAMPLED_VALUES) != identity(other, SAMPLED_VALUES), i
+    assert identity(w.reshape(10, 100)) != identity(w) and identity(w.double()) != identity(w)  # shape and dtype count
+
+    def patch(x):
+        return x
+
+    def another(x):
+        return x
+
+    assert identity({"f": patch}) == identity({"f": patch}) and identity({"f": patch}) != identity({"f": another})
+    key = identity({"f": another})
+    del another
+    gc.collect()
+    for _ in range(2000):  # whatever now lives where the freed function was, the old key matches nothing
+        def fresh(x):
+            return x
+        assert identity({"f": fresh}) != key
 
 
 def test_stochastic_samplers_are_measured_as_their_noise_allows():

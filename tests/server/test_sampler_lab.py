@@ -100,17 +100,50 @@ def test_sampler_and_sigmas_inputs_join_the_sweep(server):
     """Core's KSamplerSelect as a SAMPLER input and a SIGMAS input (a schedule of its own) join the sweep.
 
     The comparison with the lab's own karras schedule needs the whole-range reference: solved here unless this
-    server holds it already (the bundled graph's, same model, prompt, latent, seed and cfg), hence the timeout."""
+    server holds it already (the bundled graph's, same model, prompt, latent, seed and cfg), hence the timeout.
+    Core's karras sigmas (float32) and the pack's (float64) agree to 1e-7: one reference serves both schedules."""
     graph = lab_graph(samplers="euler", steps="3", sampler=["s", 0], sampler_name="core euler", sigmas=["sig", 0])
     graph["s"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
     graph["sig"] = {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "karras", "steps": 3, "denoise": 1.0}}
-    rows = csv_rows(server, server.run(graph, timeout=1800))
+    outputs = server.run(graph, timeout=1800)
+    rows = csv_rows(server, outputs)
     assert {(r["sampler"], r["schedule"], int(r["nfe"])) for r in rows} == {
         ("euler", "karras", 3), ("euler", "input sigmas", 3), ("core euler", "karras", 3), ("core euler", "input sigmas", 3)}
     errors = {(r["sampler"], r["schedule"]): float(r["error"]) for r in rows}
+    assert len([l for l in outputs["5"]["text"][0].splitlines() if l.startswith("- reference (")]) == 1
     # core's Euler and the pack's on the same sigmas (core's karras = the pack's) give the same latent
     assert errors[("core euler", "karras")] == pytest.approx(errors[("euler", "karras")], rel=1e-4)
     assert errors[("euler", "input sigmas")] == pytest.approx(errors[("euler", "karras")], rel=1e-4)
+
+
+def reference_line(outputs: dict) -> str:
+    (line,) = [l for l in outputs["5"]["text"][0].splitlines() if l.startswith("- reference (")]
+    return line
+
+
+def test_reference_is_reused_after_other_graphs_and_never_for_a_patched_model(server):
+    """The lab keys its reference cache by what the reference depends on (lab/sweep.py identity), not by the
+    objects of one execution: run again after another graph (ComfyUI dropped the loader's output, so the file is
+    loaded anew) the same problem reuses its reference; the same model with core's FreeU_V2 on it is solved anew.
+    Before, the key was the model object's id, wrong both ways: every reload missed, and a patched clone (which
+    shares its base's module and weight patches) took its base's reference. A seed of its own: no earlier test
+    solved this problem."""
+    graph = cheap_lab_graph()
+    graph["5"]["inputs"]["seed"] = 7_170_001
+    first = server.run(graph)
+    assert "reused" not in reference_line(first)
+    server.run({"1": {"class_type": "DiffusionAnatomyExamplePicture", "inputs": {
+        "shape": "square", "colour": "green", "size": "large", "position": "bottom right", "background": "white"}},
+                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    graph["5"]["inputs"]["samplers"] = "euler, heun"  # a change, so that ComfyUI runs the lab again
+    again = server.run(graph)
+    assert "reused" in reference_line(again)
+    assert [r for r in csv_rows(server, again) if r["sampler"] == "euler"][0]["error"] == csv_rows(server, first)[0]["error"]
+    graph["freeu"] = {"class_type": "FreeU_V2", "inputs": {"model": ["1", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+    graph["5"]["inputs"]["model"] = ["freeu", 0]
+    patched = server.run(graph)
+    assert "reused" not in reference_line(patched)
+    assert csv_rows(server, patched)[0]["error"] != csv_rows(server, first)[0]["error"]
 
 
 def test_interrupt_stops_the_sweep_within_one_step(server):
