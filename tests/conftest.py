@@ -33,6 +33,18 @@ def pytest_configure(config):
         os.environ.setdefault("MKL_NUM_THREADS", threads)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (host/test.sh runs it with `--dist loadgroup`) each file's tests run on one worker, its
+    module fixtures built once, and all the browser tests on one worker: they share two servers and one Chromium,
+    stopped after the last of them (tests/browser/conftest.py)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    browser = ROOT / "tests" / "browser"
+    for item in items:
+        path = Path(item.path)
+        item.add_marker(pytest.mark.xdist_group("browser" if browser in path.parents else str(path.relative_to(ROOT))))
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI's modules, imported in-process once per test run (CPU)."""
