@@ -235,6 +235,11 @@ def main(argv=None) -> dict:
         data.set_state(s["data"]); noise.set_state(s["noise"]); log, pool = s["log"], s["pool"]
         ema = s.get("ema")
         print(f"resumed at VAE step {log['vae_step']}, diffusion step {log['step']}", flush=True)
+    if args.init is not None and "init" not in log:  # the file's history: where its VAE (and first weights) came from
+        from safetensors import safe_open  # noqa: PLC0415
+
+        with safe_open(str(args.init), "pt") as f:
+            log["init"] = {"file": args.init.name, "train_log": json.loads(f.metadata().get(TRAIN_LOG_METADATA_KEY, "null"))}
     if log["scale_factor"] is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, scale_factor=log["scale_factor"]))
         vae.cfg = config.vae

@@ -5,7 +5,7 @@ source of truth), and "Samplers, measured" from the sampler lab's recorded run b
     .host/venv/bin/python generate/readme_tables.py --check  # exit 1 if README.md is out of date
     .host/venv/bin/python generate/readme_tables.py --lab    # first re-run the lab (all samplers, karras, 5/10/20/40 steps;
                                                          # minutes on a CPU) into lab/readme_run/, then rewrite
-    .host/venv/bin/python host/readme_tables.py --judged # first run the judged sweep into lab/judged_run/ (resumes;
+    .host/venv/bin/python generate/readme_tables.py --judged # first run the judged sweep into lab/judged_run/ (resumes;
                                                          # `bench/sampler_lab.py --judged ... --ray` spreads it), then rewrite
 
 tests/pure/test_readme.py runs the check, so the README's lists stay current, and checks that the
@@ -26,6 +26,8 @@ LAB_COMMAND = ("bench/sampler_lab.py --samplers all --steps 5,10,20,40 --schedul
 JUDGED_START, JUDGED_END = "<!-- judged:start -->", "<!-- judged:end -->"
 JUDGED_RUN = REPO / "lab" / "judged_run"  # bench/sampler_lab.py --judged's output: judged.csv, judged.json; the plots drawn here
 JUDGED_COMMAND = "bench/sampler_lab.py --judged --samplers all --steps 5,10,20,40 --captions 168 --seeds 2 --batch 24 --out lab/judged_run"
+CARD_START, CARD_END = "<!-- card:start -->", "<!-- card:end -->"
+CARD = REPO / "embedded" / "card.json"  # embedded/card.py's counts for the shipped file
 
 
 def pack():
@@ -64,7 +66,49 @@ def updated(readme: str) -> str:
         readme = replace_section(readme, LAB_START, LAB_END, lab_section())
     if JUDGED_START in readme and (JUDGED_RUN / "judged.csv").exists():
         readme = replace_section(readme, JUDGED_START, JUDGED_END, judged_section())
+    if CARD_START in readme and CARD.exists():
+        readme = replace_section(readme, CARD_START, CARD_END, card_section())
     return readme
+
+
+# ------------------------------------------------------------------------------------- the embedded model's card
+
+def card_section(path: Path = CARD) -> str:
+    """The model card's measured table from embedded/card.json (embedded/card.py): rates with 95% Wilson intervals."""
+    import json
+
+    pack()
+    from diffusion_anatomy.embedded.card import TARGETS, meets_targets, rate
+    from diffusion_anatomy.embedded.judge import ATTRIBUTES, wilson
+
+    card = json.loads(path.read_text())
+
+    def cell(entry: dict, attribute: str) -> str:
+        lo, hi = wilson(entry["right"][attribute], entry["n"])
+        return f"{100 * rate(entry, attribute):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    samplers, _ = pack()
+    rows = [f"Measured by `python embedded/card.py embedded/{card['file']} --n {card['n']} --seed {card['seed']} "
+            f"--out embedded/card.json` ({card['n']} held-out caption-seed pairs per row, {card['steps']} steps, "
+            f"CFG {card['cfg']:g}, {card['schedule']} schedule; 95% Wilson intervals; {card['seconds'] / 60:.0f} min on this CPU):",
+            "", "| pictures | all five | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
+    rt = card["roundtrip"]
+    rows.append("| VAE round trip of true renders | " + " | ".join(cell(rt, a) for a in ("all", *ATTRIBUTES)) + " |")
+    for sid, entry in card["samplers"].items():
+        rows.append(f"| {samplers.REGISTRY[sid].name}, text to image | " + " | ".join(cell(entry, a) for a in ("all", *ATTRIBUTES)) + " |")
+    sw = card["swap"]
+    lo, hi = wilson(sw["swapped"], sw["n"])
+    short = meets_targets(card)
+    rows += ["", f"Round trip: PSNR {rt['psnr_mean']:.2f} dB mean ({rt['psnr_min']:.2f} lowest); the brightest pixel of the mean "
+             f"|decoded - render| is {rt['brightest_mean_error']:.1f}/255 (no fixed-position pattern). Colour words swapped "
+             f"between shape and background swap in the picture in {sw['swapped']} of {sw['n']} pairs "
+             f"({100 * sw['swapped'] / sw['n']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]). "
+             + ("It meets every target of issue 20 (Euler at least "
+                f"{TARGETS['all']:.0%} in all five and {TARGETS['attribute']:.0%} per attribute, the other samplers within "
+                f"{TARGETS['sampler_gap'] * 100:.0f} points, colour swap at least {TARGETS['swap']:.0%}, round trip at least "
+                f"{TARGETS['psnr']:.0f} dB and {TARGETS['roundtrip_all']:.0%})." if not short else
+                "Short of issue 20's targets: " + "; ".join(short) + ".")]
+    return "\n".join([CARD_START, *rows, CARD_END])
 
 
 # ---------------------------------------------------------------------------------------- "Samplers, measured"
