@@ -78,7 +78,7 @@ def card_section(path: Path = CARD) -> str:
     import json
 
     pack()
-    from diffusion_anatomy.embedded.card import TARGETS, meets_targets, rate
+    from diffusion_anatomy.embedded.card import SAMPLERS, TARGETS, meets_targets, rate
     from diffusion_anatomy.embedded.judge import ATTRIBUTES, wilson
 
     card = json.loads(path.read_text())
@@ -94,7 +94,8 @@ def card_section(path: Path = CARD) -> str:
             "", "| pictures | all five | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
     rt = card["roundtrip"]
     rows.append("| VAE round trip of true renders | " + " | ".join(cell(rt, a) for a in ("all", *ATTRIBUTES)) + " |")
-    for sid, entry in card["samplers"].items():
+    for sid in sorted(card["samplers"], key=lambda s: SAMPLERS.index(s) if s in SAMPLERS else len(SAMPLERS)):
+        entry = card["samplers"][sid]
         rows.append(f"| {samplers.REGISTRY[sid].name}, text to image | " + " | ".join(cell(entry, a) for a in ("all", *ATTRIBUTES)) + " |")
     sw = card["swap"]
     lo, hi = wilson(sw["swapped"], sw["n"])
@@ -287,16 +288,23 @@ def main() -> int:
         subprocess.run([sys.executable, str(REPO / LAB_COMMAND.split()[0]), *LAB_COMMAND.split()[1:]], cwd=REPO, check=True)
     if "--check" not in sys.argv and (JUDGED_RUN / "judged.csv").exists():
         judged_plots()
-    path = REPO / "README.md"
-    text = path.read_text()
-    new = updated(text)
-    if "--check" in sys.argv:
+    stale = []
+    for path, update in ((REPO / "README.md", updated), (REPO / "embedded" / "README.md", updated_card)):
+        text = path.read_text()
+        new = update(text)
         if new != text:
-            print("README.md's sampler tables are out of date: run generate/readme_tables.py")
-            return 1
-        return 0
-    path.write_text(new)
+            stale.append(path.relative_to(REPO))
+            if "--check" not in sys.argv:
+                path.write_text(new)
+    if "--check" in sys.argv and stale:
+        print(f"{', '.join(map(str, stale))}: generated sections out of date: run generate/readme_tables.py")
+        return 1
     return 0
+
+
+def updated_card(text: str) -> str:
+    """embedded/README.md: only its copy of the model card."""
+    return replace_section(text, CARD_START, CARD_END, card_section()) if CARD_START in text and CARD.exists() else text
 
 
 if __name__ == "__main__":

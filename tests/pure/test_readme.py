@@ -1,4 +1,5 @@
-"""The README's sampler and schedule tables are the registries' current contents."""
+"""The README's generated sections are current: sampler and schedule tables (the registries), the model card
+(embedded/card.json, also in embedded/README.md), the lab's recorded runs."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +14,9 @@ def test_readme_tables_are_current():
     spec.loader.exec_module(module)
     text = (REPO / "README.md").read_text()
     assert module.updated(text) == text, "run generate/readme_tables.py to regenerate README.md's tables"
+    card = (REPO / "embedded" / "README.md").read_text()
+    assert module.CARD_START in text and module.CARD_START in card  # the model card, in both READMEs, from embedded/card.json
+    assert module.updated_card(card) == card, "run generate/readme_tables.py to regenerate embedded/README.md's card"
 
 
 def test_samplers_measured_covers_every_registered_sampler():

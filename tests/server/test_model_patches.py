@@ -2,7 +2,7 @@
 
 Over HTTP, the random SD1.5 checkpoint loaded once by the pack's loader and once by core's
 CheckpointLoaderSimple, the same graph otherwise: loader -> patch node -> core SamplerCustom
-(euler, 3 steps, cfg 5, 128x128 pictures = 16x16 latents) -> SaveLatent. The patches reach the
+(euler, 3 steps, cfg 5, 128x128 pictures = 16x16 latents) -> SaveLatent, both chains in one prompt. The patches reach the
 U-Net through `transformer_options` (attention patches and replacements, block patches) and the
 control through `control`; the pack's U-Net honours both (unet/hooks.py).
 
@@ -43,39 +43,48 @@ def loader(kind: str, ckpt: str) -> dict:
     return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}}
 
 
-def graph(kind: str, ckpt: str, patch: str | None = None, control: str | None = None) -> dict:
-    """loader -> [patch] -> SamplerCustom -> SaveLatent, with [ControlNetApplyAdvanced] on the conditioning."""
-    model = ["ckpt", 0]
-    g = {
-        "ckpt": loader(kind, ckpt),
-        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": PROMPT}},
-        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": NEGATIVE}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
-        "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-    }
-    if patch is not None:
-        g["patch"] = {"class_type": patch, "inputs": {"model": model, **PATCHES[patch]}}
-        model = ["patch", 0]
-    positive, negative = ["pos", 0], ["neg", 0]
+KINDS = ("core", "pack")
+
+
+def graph(ckpt: str, patch: str | None = None, control: str | None = None) -> dict:
+    """For core's loader and the pack's, side by side in one prompt: loader -> [patch] -> SamplerCustom -> SaveLatent,
+    with [ControlNetApplyAdvanced] on the conditioning. The loaders and text encoders keep their node ids and inputs
+    from test to test, so ComfyUI's cache holds both models between prompts and only the patched part runs again
+    (loading the 2 GB checkpoint twice per prompt was most of each test's time)."""
+    g = {"latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+         "sampler": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}}
     if control is not None:
         g["hint"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1, "color": 0x8040C0}}
         g["cnet"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": control}}
-        g["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-            "positive": positive, "negative": negative, "control_net": ["cnet", 0], "image": ["hint", 0],
-            "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
-        positive, negative = ["apply", 0], ["apply", 1]
-    g["sigmas"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": STEPS, "denoise": 1.0}}
-    g["denoise"] = {"class_type": "SamplerCustom", "inputs": {
-        "model": model, "positive": positive, "negative": negative, "latent_image": ["latent", 0],
-        "sampler": ["sampler", 0], "sigmas": ["sigmas", 0], "cfg": CFG, "noise_seed": SEED, "add_noise": True}}
-    g["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["denoise", 0],
-                                                        "filename_prefix": f"patches/{kind}_{patch or control or 'plain'}"}}
+    for kind in KINDS:
+        model = [f"ckpt_{kind}", 0]
+        g[f"ckpt_{kind}"] = loader(kind, ckpt)
+        g[f"pos_{kind}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": [f"ckpt_{kind}", 1], "text": PROMPT}}
+        g[f"neg_{kind}"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": [f"ckpt_{kind}", 1], "text": NEGATIVE}}
+        if patch is not None:
+            g[f"patch_{kind}"] = {"class_type": patch, "inputs": {"model": model, **PATCHES[patch]}}
+            model = [f"patch_{kind}", 0]
+        positive, negative = [f"pos_{kind}", 0], [f"neg_{kind}", 0]
+        if control is not None:
+            g[f"apply_{kind}"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+                "positive": positive, "negative": negative, "control_net": ["cnet", 0], "image": ["hint", 0],
+                "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
+            positive, negative = [f"apply_{kind}", 0], [f"apply_{kind}", 1]
+        g[f"sigmas_{kind}"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": STEPS, "denoise": 1.0}}
+        g[f"denoise_{kind}"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": model, "positive": positive, "negative": negative, "latent_image": ["latent", 0],
+            "sampler": ["sampler", 0], "sigmas": [f"sigmas_{kind}", 0], "cfg": CFG, "noise_seed": SEED, "add_noise": True}}
+        g[f"save_{kind}"] = {"class_type": "SaveLatent", "inputs": {
+            "samples": [f"denoise_{kind}", 0], "filename_prefix": f"patches/{kind}_{patch or control or 'plain'}"}}
     return g
 
 
-def latent(server, g: dict):
-    (path,) = server.output_files(server.run(g), kind="latents")
-    return load_file(str(path))["latent_tensor"].float()
+def latents(server, g: dict) -> tuple:
+    """(core's latent, the pack's) from one run of `graph`."""
+    outputs = server.run(g)
+    files = {kind: server.output_files({k: v for k, v in outputs.items() if k == f"save_{kind}"}, kind="latents")
+             for kind in KINDS}
+    return tuple(load_file(str(files[kind][0]))["latent_tensor"].float() for kind in KINDS)
 
 
 def relative(a, b) -> float:
@@ -85,7 +94,7 @@ def relative(a, b) -> float:
 @pytest.fixture(scope="module")
 def plain(server, sd15):
     """Core's latent without patch or control, and the pack's; the two differ by rounding only."""
-    core, pack = latent(server, graph("core", sd15)), latent(server, graph("pack", sd15))
+    core, pack = latents(server, graph(sd15))
     print(f"no patch: pack vs core {relative(pack, core):.1e}")
     assert relative(pack, core) <= TOLERANCE
     return core
@@ -93,8 +102,7 @@ def plain(server, sd15):
 
 @pytest.mark.parametrize("patch", list(PATCHES))
 def test_core_patch_node_on_the_packs_model(server, sd15, plain, patch):
-    core = latent(server, graph("core", sd15, patch=patch))
-    pack = latent(server, graph("pack", sd15, patch=patch))
+    core, pack = latents(server, graph(sd15, patch=patch))
     difference, effect = relative(pack, core), relative(core, plain)
     print(f"{patch}: pack vs core {difference:.1e}, patch effect on core {effect:.1e}")  # shown with -rP
     assert effect >= EFFECT, f"{patch} does not change core's latent at this size: the comparison proves nothing"
@@ -115,8 +123,7 @@ def test_controlnet_on_the_packs_model(server, sd15, plain, control_files, kind)
     The control module is core's in both graphs and sees the same inputs, so its residuals agree to
     rounding and the same bound holds; a residual added at the wrong block (or dropped) moves the
     latent by the control's effect."""
-    core = latent(server, graph("core", sd15, control=control_files[kind]))
-    pack = latent(server, graph("pack", sd15, control=control_files[kind]))
+    core, pack = latents(server, graph(sd15, control=control_files[kind]))
     difference, effect = relative(pack, core), relative(core, plain)
     print(f"{kind}: pack vs core {difference:.1e}, control effect on core {effect:.1e}")
     assert effect >= EFFECT, f"the {kind} does not change core's latent: the comparison proves nothing"

@@ -18,6 +18,7 @@ from comfy_server import free_port
 from diffusion_anatomy.clip.tokenizer import BPETokenizer
 from diffusion_anatomy.embedded import LOADER_NAME as EMBEDDED_NAME
 from diffusion_anatomy.embedded import WEIGHTS
+from diffusion_anatomy.embedded import judge
 from diffusion_anatomy.embedded import sample as es
 from diffusion_anatomy.embedded import train as et
 from support import shapes
@@ -52,8 +53,8 @@ def test_run_command_draws_the_prompt_with_the_embedded_model(tmp_path, prompt):
     cap = shapes.parse(text)
     rgb = torch.from_numpy(np.asarray(Image.open(written[0]).convert("RGB")).astype(np.float32))
     assert rgb.shape == (64, 64, 3)
-    reading = shapes.read(rgb, cap)
-    assert reading.obeys(cap), f"{reading} for {cap.text!r}"
+    verdict = judge.judge_rgb(rgb[None])[0]  # shape, colour, size, position and background, read from the PNG
+    assert judge.correct(verdict, cap)["all"], f"{verdict.as_dict()} for {cap.text!r}"
     # the same picture as the pure-torch path that tests/pure/test_embedded_draws.py measures rates on:
     # same noise, schedule, sampler and guidance; one 8-bit level for float32 rounding at the PNG
     settings = {n["class_type"]: n["inputs"] for n in graph.values()}
