@@ -110,18 +110,23 @@ def test_the_swap_count_needs_both_pictures_right():
 
 
 def test_pictures_differ_between_seeds_and_between_samplers(model, bpe):
-    """The rates are not one picture repeated: another seed moves pixels, and so does a sampler with
-    other maths (Euler and DDIM agree: DDIM with eta 0 is Euler in sigma space)."""
+    """The rates are not one picture repeated: another seed moves each picture's outline, and so does a sampler
+    with other maths (Euler Ancestral: new noise at every step), by more than an eighth of the range at some
+    pixel of every picture (a flat-coloured picture that obeys its prompt changes only along the outline, so
+    the mean change is small); Euler and DDIM agree to one level (DDIM with eta 0 is Euler in sigma space)."""
     prompts, seeds = [c.text for c in CAPTIONS[:4]], SEEDS[:4]
 
     def draw(seeds, sampler="euler"):
         return torch.stack([shapes.to_rgb(im) for im in es.sample(model, prompts, bpe, steps=ec.STEPS, cfg=ec.CFG,
                                                                    seed=list(seeds), sampler=sampler)])
 
+    def largest_change(a, b):  # per picture, the largest change of any pixel's channel, 0..255
+        return (a - b).abs().flatten(1).amax(1)
+
     euler = draw(seeds)
-    assert (euler - draw([s + 1 for s in seeds])).abs().mean() > 1
-    assert (euler - draw(seeds, "euler_ancestral")).abs().mean() > 1
-    assert (euler - draw(seeds, "ddim")).abs().max() <= 1
+    assert (largest_change(euler, draw([s + 1 for s in seeds])) > 32).all()
+    assert (largest_change(euler, draw(seeds, "euler_ancestral")) > 32).all()
+    assert (largest_change(euler, draw(seeds, "ddim")) <= 1).all()
 
 
 def test_guidance_5_adheres_better_than_guidance_1(verdicts):
