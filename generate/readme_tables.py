@@ -25,7 +25,7 @@ LAB_COMMAND = ("bench/sampler_lab.py --samplers all --steps 5,10,20,40 --schedul
                "--out lab/readme_run")
 JUDGED_START, JUDGED_END = "<!-- judged:start -->", "<!-- judged:end -->"
 JUDGED_RUN = REPO / "lab" / "judged_run"  # bench/sampler_lab.py --judged's output: judged.csv, judged.json; the plots drawn here
-JUDGED_COMMAND = "bench/sampler_lab.py --judged --samplers all --steps 5,10,20,40 --captions 168 --seeds 2 --batch 24 --out lab/judged_run"
+JUDGED_COMMAND = "bench/sampler_lab.py --judged --samplers all --steps 5,10,20,40 --captions 168 --seeds 1 --batch 24 --out lab/judged_run"
 CARD_START, CARD_END = "<!-- card:start -->", "<!-- card:end -->"
 CARD = REPO / "embedded" / "card.json"  # embedded/card.py's counts for the shipped file
 
@@ -205,7 +205,7 @@ def judged_verdict(description: str, rating, r10, r40, n: int, sharp40: float | 
     adherence rank at 40 calls is in the top half of the n ranks; "few steps" agrees when its rank at 10 calls is
     in the top third; "sharp" also needs its mean sharpness at 40 calls at least 0.9 of the render's."""
     if r40 is None:
-        return "not in this run"
+        return "no claim checked: it fits no budget of 40 calls (see its NFE)"
     text = description.lower()
     out = []
     top_third, top_half = math.ceil(n / 3), math.ceil(n / 2)
@@ -240,6 +240,9 @@ def judged_section(run: Path = JUDGED_RUN) -> str:
 
     spec, table, n_rows = report.summary(run)
     r10, r40 = report.adherence_ranks(table, 10), report.adherence_ranks(table, 40)
+    # every sampler at its largest run: an adaptive sampler (DPM-Adaptive) picks its own steps and may fit no smaller budget
+    most = 10 * math.ceil(max(g.nfe for g in table.values()) / 10)
+    r_most = report.adherence_ranks(table, most)
     f40 = report.frechet_ranks(table, 40)
     has_fd = any(g.frechet is not None for g in table.values())
     per = n_rows // max(1, len(table))
@@ -248,27 +251,28 @@ def judged_section(run: Path = JUDGED_RUN) -> str:
            f"{spec.captions} held-out captions x {spec.seeds} seed(s) = {per} pictures per sampler and step count, CFG {spec.cfg:g}, "
            f"{spec.schedule}; `{JUDGED_COMMAND.replace('lab/judged_run', 'DIR')}` makes such a run (this one: `lab/judged_run/judged.json`).",
            "",
-           "| sampler | NFE at 5 / 10 / 20 / 40 steps | right in all five, % | sharpness | Fréchet distance | rank at 10 / 40 calls "
+           f"| sampler | NFE at 5 / 10 / 20 / 40 steps | right in all five, % | sharpness | Fréchet distance | rank at 10 / 40 / {most} calls "
            "| Fréchet rank at 40 calls | document: speed, sharpness, realism | document says | measurement vs document |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for sid, info in samplers.REGISTRY.items():
         g = {n_: table.get((sid, n_)) for n_ in LAB_STEPS}
         cell = lambda f: " / ".join(f(x) if x is not None else "-" for x in g.values())  # noqa: E731
-        nfe = cell(lambda x: f"{x.nfe:g}")
+        nfe = cell(lambda x: f"{x.nfe:.4g}")
         adh = cell(lambda x: f"{100 * x.adherence['all'].value:.0f}")
         sharp = cell(lambda x: f"{x.sharpness[0]:.2f}")
         fd = cell(lambda x: f"{x.frechet.value:.2g}" if x.frechet else "-")
         rating = DOC_RATINGS.get(sid)
         stars = f"{rating[0]}, {'★' * rating[1]}, {'★' * rating[2]}" if rating else "not rated"
         at40 = report.at_budget(table, 40).get(sid)
-        out.append(f"| {info.name} | {nfe} | {adh} | {sharp} | {fd} | {r10.get(sid, '-')} / {r40.get(sid, '-')} | {f40.get(sid, '-')} "
+        out.append(f"| {info.name} | {nfe} | {adh} | {sharp} | {fd} | {r10.get(sid, '-')} / {r40.get(sid, '-')} / {r_most.get(sid, '-')} | {f40.get(sid, '-')} "
                    f"| {stars} | {info.description} | {judged_verdict(info.description, rating, r10.get(sid), r40.get(sid), n, at40.sharpness[0] if at40 else None)} |")
     out += ["", f"Adherence = share of pictures the judge (`embedded/judge.py`) reads right in all five attributes; sharpness = edge "
             "steepness of the outline over its own step height (1 = as crisp as the render); Fréchet distance = between the pictures and "
             "the true renders of their captions in 64 fixed features (colour and edge energy on a 4x4 grid), extrapolated to infinitely "
-            f"many pictures, needing {128} or more per row (`lab/judged.py` says why). Ranks: at a budget of 10 or 40 model calls, each "
+            f"many pictures, needing {128} or more per row (`lab/judged.py` says why). Ranks: at a budget of 10, 40 or {most} model calls, each "
             "sampler at its largest step count that fits, by the 95% Wilson interval of its adherence; samplers whose intervals overlap "
-            f"share a rank, so a rank says how many samplers are surely better. {n} samplers ranked at 40 calls. Verdict rule: "
+            f"share a rank, so a rank says how many samplers are surely better. {n} samplers ranked at 40 calls, all {len(r_most)} at "
+            f"{most} (each at its largest run: a sampler that picks its own steps, as DPM-Adaptive does, may fit no smaller budget). Verdict rule: "
             "a claim of quality agrees when the rank at 40 calls is in the top half; \"few steps\" (or \"very fast\") when the rank "
             "at 10 calls is in the top third; sharpness when the mean at 40 calls is at least 0.9.",
             "", "![adherence against model calls](lab/judged_run/adherence_vs_nfe.png)",
