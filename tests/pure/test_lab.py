@@ -253,7 +253,7 @@ def embedded_sweep():
     torch.set_num_threads(1)
     try:
         backend = embedded_backend("a large red circle at the top left on a blue background", cfg=5.0, seed=0)
-        result = sweep(backend, ["euler", "heun"], KARRAS, [10, 40], verify_reference=True)
+        result = sweep(backend, ["euler", "heun"], KARRAS, [10, 20, 40], verify_reference=True)
         pictures = backend.pictures([c.latent for c in result.cells])
         t0 = time.perf_counter()
         report.grid_image(result, list(pictures), "lab")
@@ -265,15 +265,19 @@ def embedded_sweep():
     return backend, result, drawing
 
 
-def slope(result, sampler):
-    a, b = (next(c for c in result.cells if c.sampler == sampler and c.steps == n) for n in (10, 40))
+def slope(result, sampler, steps=(20, 40)):
+    a, b = (next(c for c in result.cells if c.sampler == sampler and c.steps == n) for n in steps)
     return math.log(b.error / a.error) / math.log(b.steps / a.steps)
 
 
 def test_orders_on_the_embedded_model(embedded_sweep):
+    """The orders show where the error is asymptotic, between 20 and 40 steps; from 10 steps the retrained model's
+    errors still fall faster (lab/readme_run/lab.csv, the same problem: Euler -1.5 and Heun -3.2 from 10 to 20 steps,
+    -1.17 and -2.0 from 20 to 40), so only the first halving is allowed to be steeper than the order."""
     _, result, _ = embedded_sweep
     assert slope(result, "euler") == pytest.approx(-1, abs=0.3)
     assert slope(result, "heun") == pytest.approx(-2, abs=0.3)
+    assert slope(result, "euler", (10, 20)) <= slope(result, "euler") + 0.3  # no flatter than the asymptote: no error floor
 
 
 def test_reference_is_converged_and_solved_once(embedded_sweep):
