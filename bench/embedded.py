@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy: the repo root as the pack, without ComfyUI
-sys.path.insert(0, str(ROOT / "tests"))  # comfy_server's free_port lives with the harness
+sys.path.insert(0, str(ROOT / "harness"))  # diffusion_anatomy (the repo root as the pack, without ComfyUI), comfy_server
 
 
 def sampling_seconds(model, bpe, prompts: list[str], steps: int) -> float:

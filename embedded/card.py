@@ -36,7 +36,7 @@ import torch
 
 from ..clip.tokenizer import BPETokenizer
 from .data import Caption, eval_captions, render
-from .judge import ATTRIBUTES, accuracy, judge, wilson
+from .judge import ATTRIBUTES, accuracy, judge, roundtrip, wilson
 
 SAMPLERS = ("euler", "dpmpp_2m", "uni_pc", "euler_ancestral")
 STEPS, CFG, SCHEDULE = 20, 5.0, "karras"
@@ -62,11 +62,10 @@ def counts(verdicts, captions) -> dict:
 
 
 def draw(model, bpe, captions: list[Caption], seeds: list[int], sampler: str, batch: int = 50) -> torch.Tensor:
-    from .sample import sample  # noqa: PLC0415  (sample imports train, which imports the tokenizer)
+    from .sample import sample_in_batches  # noqa: PLC0415  (sample imports train, which imports the tokenizer)
 
-    parts = [sample(model, [c.text for c in captions[i:i + batch]], bpe, steps=STEPS, cfg=CFG, seed=seeds[i:i + batch],
-                    sampler=sampler, schedule=SCHEDULE) for i in range(0, len(captions), batch)]
-    return torch.cat(parts)
+    return sample_in_batches(model, [c.text for c in captions], bpe, seeds, batch, steps=STEPS, cfg=CFG,
+                             sampler=sampler, schedule=SCHEDULE)
 
 
 def swap_count(first, second, captions: list[Caption]) -> int:
@@ -86,11 +85,7 @@ def measure(file: Path, n: int = 400, seed: int = 11, samplers=SAMPLERS, batch: 
     captions = eval_captions(n, torch.Generator().manual_seed(seed))
     seeds = seeds_for(seed, n)
     t0 = time.perf_counter()
-    renders = torch.stack([render(c) for c in captions])
-    decoded = torch.cat([model.vae.decode(model.vae.posterior(x).mean) for x in renders.split(batch)]).clamp(-1, 1)
-    mse = ((decoded - renders) / 2).square().flatten(1).mean(1)
-    psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
-    pattern = ((decoded - renders).abs() * 127.5).mean(0).amax(0)
+    decoded, psnr, pattern = roundtrip(model.vae, torch.stack([render(c) for c in captions]), batch)
     card = {"file": file.name, "sha256": hashlib.sha256(file.read_bytes()).hexdigest(), "n": n, "seed": seed,
             "steps": STEPS, "cfg": CFG, "schedule": SCHEDULE,
             "roundtrip": {"psnr_mean": round(psnr.mean().item(), 2), "psnr_min": round(psnr.min().item(), 2),

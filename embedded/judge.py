@@ -340,6 +340,18 @@ def degrade(images: torch.Tensor, blur: float = 0.0, noise: float = 0.0, generat
     return out.clamp(-1, 1)
 
 
+def roundtrip(vae, renders: torch.Tensor, batch: int = 100) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True renders [N, 3, 64, 64] through a VAE (posterior mean, decode), in batches: (decoded, clamped to [-1, 1];
+    PSNR per picture in dB on the [0, 1] scale; the mean |decoded - render| per pixel [H, W] in 0..255, brightest
+    channel, where a fixed-position pattern of the decoder shows)."""
+    with torch.no_grad():
+        decoded = torch.cat([vae.decode(vae.posterior(x).mean) for x in renders.split(batch)]).clamp(-1, 1)
+    mse = ((decoded - renders) / 2).square().flatten(1).mean(1)
+    psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+    pattern = ((decoded - renders).abs() * 127.5).mean(0).amax(0)
+    return decoded, psnr, pattern
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Judge pictures of the embedded model's world: per-attribute accuracy with 95% intervals.")
     sub = ap.add_subparsers(dest="what", required=True)
@@ -380,12 +392,7 @@ def main(argv=None) -> None:
 
         vae = load(args.file).vae
         captions = eval_captions(args.n, torch.Generator().manual_seed(args.seed))
-        renders = torch.stack([render(c) for c in captions])
-        with torch.no_grad():
-            decoded = torch.cat([vae.decode(vae.posterior(x).mean) for x in renders.split(100)])
-        mse = ((decoded.clamp(-1, 1) - renders) / 2).pow(2).flatten(1).mean(1)  # on the [0, 1] scale
-        psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
-        pattern = ((decoded.clamp(-1, 1) - renders).abs() * 127.5).mean(0).amax(0)  # [H, W], 0..255
+        decoded, psnr, pattern = roundtrip(vae, torch.stack([render(c) for c in captions]))
         print(f"PSNR mean {psnr.mean():.2f} dB (median {psnr.median():.2f}, min {psnr.min():.2f}); "
               f"mean |decoded - render| brightest pixel {pattern.max():.1f}/255 at {divmod(int(pattern.argmax()), SIZE)}")
         verdicts = judge(decoded)

@@ -118,6 +118,14 @@ def sample(model: TinyModel, prompts: list[str], bpe: BPETokenizer, steps: int =
     return model.vae.decode(model.vae.from_latent(x))
 
 
+def sample_in_batches(model: TinyModel, prompts: list[str], bpe: BPETokenizer, seeds: list[int], batch: int = 50,
+                      **kwargs) -> torch.Tensor:
+    """`sample` over a long list of prompts, `batch` at a time, one seed per picture (`kwargs`: steps, cfg, sampler,
+    schedule): [n, 3, 64, 64]."""
+    return torch.cat([sample(model, prompts[i:i + batch], bpe, seed=seeds[i:i + batch], **kwargs)
+                      for i in range(0, len(prompts), batch)])
+
+
 def to_rgb(image: torch.Tensor) -> torch.Tensor:
     """[3, H, W] in [-1, 1] (a decoded image) -> [H, W, 3] in 0..255, rounded as a PNG stores it."""
     return ((image.float().clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0)
@@ -132,13 +140,9 @@ def judged_sample(file: str | Path, n: int, sampler: str = "euler", schedule: st
 
     model, bpe = load(file), BPETokenizer.from_dir(default_tokenizer_dir())
     captions = eval_captions(n, torch.Generator().manual_seed(seed))
-    verdicts = []
-    for lo in range(0, n, batch):
-        part = captions[lo:lo + batch]
-        seeds = [seed * 100003 + i for i in range(lo, lo + len(part))]
-        verdicts += judge(sample(model, [c.text for c in part], bpe, steps=steps, cfg=cfg, seed=seeds,
-                                 sampler=sampler, schedule=schedule))
-    return verdicts, captions
+    images = sample_in_batches(model, [c.text for c in captions], bpe, [seed * 100003 + i for i in range(n)], batch,
+                               steps=steps, cfg=cfg, sampler=sampler, schedule=schedule)
+    return judge(images), captions
 
 
 def main(argv=None) -> None:

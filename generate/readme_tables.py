@@ -77,7 +77,7 @@ def card_section(path: Path = CARD) -> str:
     """The model card's measured table from embedded/card.json (embedded/card.py): rates with 95% Wilson intervals."""
     import json
 
-    pack()
+    samplers, _ = pack()
     from diffusion_anatomy.embedded.card import SAMPLERS, TARGETS, meets_targets, rate
     from diffusion_anatomy.embedded.judge import ATTRIBUTES, wilson
 
@@ -87,7 +87,6 @@ def card_section(path: Path = CARD) -> str:
         lo, hi = wilson(entry["right"][attribute], entry["n"])
         return f"{100 * rate(entry, attribute):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
-    samplers, _ = pack()
     rows = [f"Measured by `python embedded/card.py embedded/{card['file']} --n {card['n']} --seed {card['seed']} "
             f"--out embedded/card.json` ({card['n']} held-out caption-seed pairs per row, {card['steps']} steps, "
             f"CFG {card['cfg']:g}, {card['schedule']} schedule; 95% Wilson intervals; {card['seconds'] / 60:.0f} min on this CPU):",

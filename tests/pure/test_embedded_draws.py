@@ -56,10 +56,8 @@ def verdicts(model, bpe):
     """Judged pictures, cached per (captions, seeds, sampler, cfg)."""
     @functools.lru_cache(maxsize=None)
     def read(captions: tuple, seeds: tuple, sampler: str = "euler", cfg: float = ec.CFG) -> list[ej.Verdict]:
-        with torch.no_grad():
-            images = torch.cat([es.sample(model, [c.text for c in captions[i:i + 50]], bpe, steps=ec.STEPS, cfg=cfg,
-                                          seed=list(seeds[i:i + 50]), sampler=sampler, schedule=ec.SCHEDULE)
-                                for i in range(0, len(captions), 50)])
+        images = es.sample_in_batches(model, [c.text for c in captions], bpe, list(seeds), steps=ec.STEPS, cfg=cfg,
+                                      sampler=sampler, schedule=ec.SCHEDULE)
         return ej.judge(images)
 
     return read
