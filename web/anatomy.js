@@ -30,6 +30,7 @@ const GAP = 16; // px kept between a grown node and the nodes it moved
 // for 0 before it reads the layout).
 const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, previewsWhile: {}, fitted: {}, settling: 0 });
 const QUIET_MS = 1200; // an element unchanged this long, its pictures loaded, has settled
+const POLL_MS = 100; // on the canvas: how often a watched node's rectangle is read
 const WATCH_MAX_MS = 60000; // stop watching after this long whatever happens (a picture that never loads)
 
 const titleHeight = () => globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
@@ -146,27 +147,30 @@ async function fitNode(node, width, height, before) {
   makeRoom(node, before);
   state.fitted[node.id] = [width, height, scale];
   app.graph.setDirtyCanvas(true, true);
-  watchGrowth(node, before); // the Vue renderer: its picture may load and grow the element later still
+  watchGrowth(node, before); // its picture may load and grow the node later still
 }
 
 const watching = new Map(); // node id -> stop(): one watch per node, a new run's replaces the last
 
-// Under the Vue renderer: make room (from the layout `before` the node grew) each time the node's element
-// changes size, until it has held still for QUIET_MS with every picture in it loaded. On the canvas there
-// is no element and node.size is what is drawn, so nothing is watched.
+// Make room (from the layout `before` the node grew) each time the node changes size, until it has held still
+// for QUIET_MS with every picture in it loaded. Under the Vue renderer its element is watched (its pictures load
+// and grow it later); on the canvas the frontend may still resize the node for its images after a fit (1.32's
+// image sizing, a late load), and nothing there reports it, so its rectangle is read every POLL_MS.
 function watchGrowth(node, before) {
   const el = elementOf(node);
-  if (!el || typeof ResizeObserver === "undefined") return;
+  if (el && typeof ResizeObserver === "undefined") return;
   watching.get(node.id)?.();
   state.settling++;
-  let quiet, stopped = false;
+  let quiet, poll, observer, stopped = false;
   const started = performance.now();
-  const loaded = () => [...el.querySelectorAll("img")].every((img) => img.complete);
+  const images = () => (el ? [...el.querySelectorAll("img")] : [...(node.imgs ?? [])]);
+  const loaded = () => images().every((img) => img.complete);
   const stop = () => {
     if (stopped) return;
     stopped = true;
     clearTimeout(quiet);
-    observer.disconnect();
+    clearInterval(poll);
+    observer?.disconnect();
     watching.delete(node.id);
     state.settling--;
   };
@@ -174,7 +178,7 @@ function watchGrowth(node, before) {
     clearTimeout(quiet);
     quiet = setTimeout(() => (loaded() || performance.now() - started > WATCH_MAX_MS ? stop() : later()), QUIET_MS);
   };
-  const observer = new ResizeObserver(() => {
+  const grew = () => {
     fitting = fitting.then(() => {
       if (stopped) return;
       if (!graphNodes().includes(node)) return stop(); // its workflow was closed or replaced
@@ -182,8 +186,17 @@ function watchGrowth(node, before) {
       app.graph.setDirtyCanvas(true, true);
     }).catch((e) => console.error("DiffusionAnatomy: making room", e));
     later();
-  });
-  observer.observe(el);
+  };
+  if (el) {
+    observer = new ResizeObserver(grew);
+    observer.observe(el);
+  } else {
+    let last = rectOf(node).map(Math.round).join();
+    poll = setInterval(() => {
+      const now = rectOf(node).map(Math.round).join();
+      if (now !== last) (last = now), grew();
+    }, POLL_MS);
+  }
   watching.set(node.id, stop);
   later();
 }
@@ -217,10 +230,10 @@ app.registerExtension({
       const node = nodeOf(detail?.display_node ?? detail?.node);
       const image = detail?.output?.images?.[0];
       if (!node || !image) return;
-      // any other node that shows pictures (Save Image, Preview Image...): under the Vue renderer it grows
-      // as they load (its element not yet redrawn now, so the layout now is the one before it grew)
+      // any other node that shows pictures (Save Image, Preview Image...) may grow as they load (not yet drawn
+      // now, so the layout now is the one before it grew)
       if (!VIEWS.has(node.type)) {
-        if (elementOf(node)) watchGrowth(node, snapshot()); // on the canvas nothing grows by itself: no layout to take
+        watchGrowth(node, snapshot());
         return;
       }
       const query = new URLSearchParams({ filename: image.filename, subfolder: image.subfolder ?? "", type: image.type ?? "temp" });
