@@ -10,10 +10,10 @@ py="$(cd "$here/../harness" && python3 -c 'import hostenv; print(hostenv.python(
 cd "$(dirname "$here")"
 # static check first (pyflakes rules, config in pyproject.toml): seconds, and it names the line
 "$py" -m ruff check --no-cache .
-# DA_TEST_WORKERS=N runs test files on N pytest-xdist workers (--dist loadgroup, groups set in tests/conftest.py: a
+# DA_TEST_WORKERS=N runs test files on N pytest-xdist workers (scheduled by tests/conftest.py: a
 # file's tests on one worker, so its module fixtures are built once; the browser tests together; each worker has its
 # own server and port). Default 0: one process, the order the suite was proven in
 # (parallel runs were not yet measured faster on 2 cores). A ComfyUI of your own (COMFYUI_PATH) may lack xdist.
 workers=()
-"$py" -c 'import xdist' 2>/dev/null && [ "${DA_TEST_WORKERS:-0}" != 0 ] && workers=(-n "$DA_TEST_WORKERS" --dist loadgroup)
+"$py" -c 'import xdist' 2>/dev/null && [ "${DA_TEST_WORKERS:-0}" != 0 ] && workers=(-n "$DA_TEST_WORKERS")
 exec "$py" -m pytest "${workers[@]}" "${@:-tests}"

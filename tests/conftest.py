@@ -33,16 +33,22 @@ def pytest_configure(config):
         os.environ.setdefault("MKL_NUM_THREADS", threads)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (host/test.sh runs it with `--dist loadgroup`) each file's tests run on one worker, its
-    module fixtures built once, and all the browser tests on one worker: they share two servers and one Chromium,
-    stopped after the last of them (tests/browser/conftest.py)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    browser = ROOT / "tests" / "browser"
-    for item in items:
-        path = Path(item.path)
-        item.add_marker(pytest.mark.xdist_group("browser" if browser in path.parents else str(path.relative_to(ROOT))))
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (host/test.sh `DA_TEST_WORKERS=N`) each file's tests run on one worker, its module fixtures
+    built once, and all the browser tests on one worker: they share two servers and one Chromium, stopped after the
+    last of them (tests/browser/conftest.py). The files go out in the order collected, so the browser tests, the
+    longest unit, start first. (xdist's own `--dist loadgroup` names each test `<id>@<group>` through `item._nodeid`,
+    which pytest 9 no longer reads: every test was a group of its own and a file's module fixtures were built on
+    each worker.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/browser" if path.startswith("tests/browser/") else path
+
+    config.option.loadscopereorder = False
+    return FileScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
