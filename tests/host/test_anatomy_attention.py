@@ -13,7 +13,7 @@ import torch
 
 pytestmark = pytest.mark.host
 
-SIZE = 256  # pixels: SD1.5 shapes at a quarter of the area of 512, so a step costs ~1/4 on a CPU
+SIZE = 128  # pixels: SD1.5 at 16x16 latents (every level still 2x2 or more), so a step costs ~1/16 of 512 on a CPU
 STEPS = 3
 PROMPT = "a photograph of an astronaut riding a horse"
 
