@@ -57,7 +57,8 @@ def summary_lines(result: SweepResult) -> list[str]:
     lines = []
     for key, ref in result.references.items():
         check = f"halving its steps changes it by {ref.halving_change:.2e} (relative RMS)" if ref.halving_change is not None else "not verified in this run"
-        cost = (f"solved by an earlier run of this process for the same model, conditioning, latent, seed and cfg "
+        where = "an earlier run (kept in the reference store)" if ref.stored else "an earlier run of this process"
+        cost = (f"solved by {where} for the same model, conditioning, latent, seed and cfg "
                 f"({ref.calls} model calls, {ref.seconds:.1f} s then), reused" if key in result.reused
                 else f"{ref.calls} model calls, {ref.seconds:.1f} s")
         lines.append(f"- reference ({ref.how}): {cost}; {check}")

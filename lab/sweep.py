@@ -23,13 +23,17 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..samplers.registry import REGISTRY, SamplerInfo
 from ..samplers.runner import run_sampler
@@ -252,6 +256,7 @@ class Reference:
     calls: int
     seconds: float
     halving_change: float | None = None  # relative RMS change when every step is halved
+    stored: bool = False  # read from the reference store (solved by an earlier run or another server)
 
 
 @dataclass
@@ -279,33 +284,87 @@ class SweepResult:
 
 REFERENCE_CACHE: dict[tuple, Reference] = {}
 CACHE_LIMIT = 64
+# The store: references also kept as files in a folder (the Sampler Lab node's: under ComfyUI's user directory), so a
+# restarted server, or another one sharing the folder, finds what an earlier one solved (on SD1.5 a whole-range
+# reference is ~2,400 guided calls). Files are named by a digest of the key and hold the key itself.
+STORE_LIMIT = 64
 
 
 def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
 
 
-def cached(key: tuple, verify: bool) -> Reference | None:
-    """The cache's reference for `key`, if it has one that is good enough (verified when verification is asked)."""
+def portable(key) -> bool:
+    """Whether `key` means the same in another process: no object known only by identity (Same) in it."""
+    if isinstance(key, Same):
+        return False
+    return all(portable(k) for k in key) if isinstance(key, tuple) else True
+
+
+def store_path(store: Path, key: tuple) -> Path:
+    return store / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:40]}.safetensors"
+
+
+def load_stored(store: Path | None, key: tuple) -> Reference | None:
+    """The store's reference for `key`, if it holds one (a file that cannot be read counts as none)."""
+    if store is None or not portable(key):
+        return None
+    path = store_path(store, key)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta, latent = f.metadata(), f.get_tensor("latent")
+        if meta.get("key") != repr(key):  # a name collision of the digest's prefix: not ours
+            return None
+        change = meta.get("halving_change")
+        return Reference(latent, meta["how"], int(meta["calls"]), float(meta["seconds"]),
+                         float(change) if change else None, stored=True)
+    except (OSError, KeyError, ValueError, SafetensorError):
+        return None
+
+
+def store_reference(store: Path | None, key: tuple, ref: Reference) -> None:
+    """Write `ref` to the store (atomically: a reader sees the old file or the new one), then keep the newest
+    STORE_LIMIT files. Keys holding objects known only by identity are not written: they mean nothing elsewhere."""
+    if store is None or not portable(key):
+        return
+    store.mkdir(parents=True, exist_ok=True)
+    path = store_path(store, key)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    meta = {"key": repr(key), "how": ref.how, "calls": str(ref.calls), "seconds": f"{ref.seconds:.6g}",
+            "halving_change": "" if ref.halving_change is None else repr(ref.halving_change)}
+    save_file({"latent": ref.latent.detach().cpu().contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    files = sorted(store.glob("*.safetensors"), key=lambda f: f.stat().st_mtime)
+    for old in files[:max(0, len(files) - STORE_LIMIT)]:
+        old.unlink(missing_ok=True)
+
+
+def cached(key: tuple, verify: bool, store: Path | None = None) -> Reference | None:
+    """The cache's reference for `key`, else the store's, if it has one that is good enough (verified when
+    verification is asked)."""
     ref = REFERENCE_CACHE.get(key)
+    if ref is None and (ref := load_stored(store, key)) is not None:
+        remember(key, ref)
     return ref if ref is not None and (ref.halving_change is not None or not verify) else None
 
 
-def remember(key: tuple, ref: Reference) -> None:
-    """Keep `ref` for `key`, the oldest entry dropped beyond CACHE_LIMIT."""
+def remember(key: tuple, ref: Reference, store: Path | None = None) -> None:
+    """Keep `ref` for `key`, the oldest entry dropped beyond CACHE_LIMIT; and in the store when one is given."""
     REFERENCE_CACHE.pop(key, None)
     if len(REFERENCE_CACHE) >= CACHE_LIMIT:
         REFERENCE_CACHE.pop(next(iter(REFERENCE_CACHE)))
     REFERENCE_CACHE[key] = ref
+    store_reference(store, key, ref)
 
 
-def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress: Callable | None = None) -> tuple[tuple, Reference]:
+def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress: Callable | None = None,
+                  store: Path | None = None) -> tuple[tuple, Reference]:
     """The probability-flow ODE's solution over this schedule's sigma range, from the cache or solved once."""
     positive = [float(s) for s in sigmas if s > 0]
     # the range to 6 significant digits: the same schedule computed in float32 (core's) or float64 (the pack's)
     # shares one reference; a start 1e-6 apart changes the solution by about that, below the reference's own accuracy
     key = (*backend.key(), "ode", float(f"{positive[0]:.6g}"), float(f"{positive[-1]:.6g}"), float(sigmas[-1]) == 0.0)
-    if (ref := cached(key, verify)) is not None:
+    if (ref := cached(key, verify, store)) is not None:
         return key, ref
     span = torch.tensor([positive[0], positive[-1]] + ([0.0] if float(sigmas[-1]) == 0 else []), dtype=sigmas.dtype)
     if len(positive) == 1:
@@ -321,15 +380,15 @@ def ode_reference(backend: Backend, sigmas: torch.Tensor, verify: bool, progress
     how = (f"Heun from jump to jump of the model's timestep ({len(backend.model_sigmas) if backend.model_sigmas is not None else 0}-entry sigma table), "
            f"at most {MAX_LOG_STEP} in log sigma per step, sigma {positive[0]:.4g} to {positive[-1]:.4g}, then x = D(x, sigma_last)")
     ref = Reference(out[False], how, calls, seconds, relative_error(out[False], out[True]) if verify else None)
-    remember(key, ref)
+    remember(key, ref, store)
     return key, ref
 
 
 def own_reference(backend: Backend, sampler_id: str, schedule: Schedule, steps: int, verify: bool,
-                  progress: Callable | None = None) -> tuple[tuple, Reference]:
+                  progress: Callable | None = None, store: Path | None = None) -> tuple[tuple, Reference]:
     """A pathwise-stochastic sampler's own run at `steps` (and at steps/2 to state the change), cached likewise."""
     key = (*backend.key(), "own", sampler_id, schedule.name, steps)
-    if (ref := cached(key, verify)) is not None:
+    if (ref := cached(key, verify, store)) is not None:
         return key, ref
     t0, calls, out = time.perf_counter(), 0, {}
     for n in ([steps, steps // 2] if verify else [steps]):
@@ -338,7 +397,7 @@ def own_reference(backend: Backend, sampler_id: str, schedule: Schedule, steps: 
         calls += counter["calls"]
     ref = Reference(out[steps], f"{REGISTRY[sampler_id].name} at {steps} steps ({schedule.name}), same seed",
                     calls, time.perf_counter() - t0, relative_error(out[steps // 2], out[steps]) if verify else None)
-    remember(key, ref)
+    remember(key, ref, store)
     return key, ref
 
 
@@ -357,12 +416,13 @@ def plan(samplers: Sequence[str], schedules: Sequence[Schedule], steps: Sequence
 def sweep(backend: Backend, samplers: Sequence[str], schedules: Sequence[Schedule], steps: Sequence[int],
           verify_reference: bool = False, on_cell: Callable[[Cell, int, int], None] | None = None,
           on_step: Callable[[], None] | None = None, on_call: Callable[[], None] | None = None,
-          sampler_fns: dict[str, Fn] | None = None) -> SweepResult:
+          sampler_fns: dict[str, Fn] | None = None, store: Path | None = None) -> SweepResult:
     """Run every cell, then measure each against its reference.
 
     `on_cell(cell, k, n)` after each run (previews), `on_step()` after each sampler step and each
     reference step (progress), `on_call()` before each model call (interrupt). `sampler_fns` adds samplers
-    that are not in the registry (ComfyUI SAMPLER inputs) by name."""
+    that are not in the registry (ComfyUI SAMPLER inputs) by name. `store`: a folder where references are also
+    kept and looked for (see STORE_LIMIT)."""
     extra = dict(sampler_fns or {})
     for sid in samplers:
         if sid not in REGISTRY and sid not in extra:
@@ -394,15 +454,15 @@ def sweep(backend: Backend, samplers: Sequence[str], schedules: Sequence[Schedul
     biggest = max(steps) if steps else 1
     for cell, (sid, sch, n) in zip(cells, todo):
         if cell.against == Against.OWN:
-            key, ref = own_reference(backend, sid, sch, OWN_REFERENCE_FACTOR * max(biggest, n), verify_reference, step_cb)
+            key, ref = own_reference(backend, sid, sch, OWN_REFERENCE_FACTOR * max(biggest, n), verify_reference, step_cb, store)
         else:
             sigmas = sch.sigmas if sch.sigmas is not None else backend.sigmas(sch.name, n)
-            key, ref = ode_reference(backend, sigmas, verify_reference, step_cb)
+            key, ref = ode_reference(backend, sigmas, verify_reference, step_cb, store)
         references[key] = ref
         cell.error = relative_error(cell.latent, ref.latent)
     t_end = time.perf_counter()
     return SweepResult(cells, references, t_end - t_start, t_end - t_refs, list(samplers), list(schedules), list(steps),
-                       reused={key for key, ref in references.items() if before.get(key) is ref})
+                       reused={key for key, ref in references.items() if before.get(key) is ref or ref.stored})
 
 
 def expected_progress(backend: Backend, samplers, schedules, steps, verify_reference: bool = False) -> int:

@@ -7,6 +7,7 @@ command line bench/sampler_lab.py); here the model calls go through ComfyUI's sa
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -62,6 +63,12 @@ class ComfyBackend:
         return self._key
 
 
+def reference_store() -> Path:
+    """Where the lab keeps its references across restarts: `DA_LAB_REFERENCES` if set (servers that share one
+    folder share their references), else diffusion_anatomy/lab_references in ComfyUI's user directory."""
+    return Path(os.environ.get("DA_LAB_REFERENCES") or Path(folder_paths.get_user_directory()) / "diffusion_anatomy" / "lab_references")
+
+
 def pictures(model, vae, latents: list[torch.Tensor]) -> list[torch.Tensor]:
     """One [H, W, 3] picture in 0..1 per latent: decoded with the VAE when given (one batch), else ComfyUI's
     latent-to-RGB preview colours (or, for a latent format without them, its first three channels)."""
@@ -104,7 +111,8 @@ class SamplerLab:
                    "probability-flow ODE (relative RMS of the final latent), the model calls it took (NFE) and its seconds. Gives a labelled "
                    "grid (sampler rows, step columns, each cell captioned with NFE and seconds), an error-vs-NFE log-log plot, a Markdown "
                    "table, and the same rows as a CSV in ComfyUI's output folder (sampler_lab/). The reference is cached per model, "
-                   "conditioning, latent, seed and schedule. Stochastic samplers with Brownian noise are measured against their own "
+                   "conditioning, latent, seed and schedule, in memory and as files in ComfyUI's user folder "
+                   "(diffusion_anatomy/lab_references, the newest 64), so a restarted server reuses it. Stochastic samplers with Brownian noise are measured against their own "
                    "high-step run on the same path; those with independent noise per step have no pathwise limit: their distance to the "
                    "ODE reference is shown and marked. On the embedded model, with a VAE and the prompt's text in `caption`, the "
                    "table also gives judged columns: how many of each cell's pictures show what the prompt says (per attribute and in "
@@ -183,7 +191,8 @@ class SamplerLab:
 
         try:
             result = sweep(backend, sampler_ids, schedule_list, step_counts, verify_reference=verify_reference, on_cell=on_cell,
-                           on_step=on_step, on_call=comfy.model_management.throw_exception_if_processing_interrupted, sampler_fns=extra)
+                           on_step=on_step, on_call=comfy.model_management.throw_exception_if_processing_interrupted, sampler_fns=extra,
+                           store=reference_store())
         except LabError as error:
             raise ValueError(f"Sampler Lab: {error}") from None
         pbar.update_absolute(total, total)

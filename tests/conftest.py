@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ def pytest_configure(config):
     free port with its own work folder (tmp_path_factory is per worker), its own Chromium. The cores are shared
     out so that N workers and their servers do not oversubscribe them (torch's default is one thread per core,
     and on a 2-core machine two workers at two threads each spend their time spinning on each other)."""
+    if not hasattr(config, "workerinput"):  # the run's own (an xdist worker inherits its controller's): servers of
+        # this run share the Sampler Lab's references (nodes/lab_nodes.py reference_store), no run sees another's
+        os.environ["DA_LAB_REFERENCES"] = tempfile.mkdtemp(prefix="da-lab-references-")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         threads = str(max(1, (os.cpu_count() or 1) // workers))

@@ -109,6 +109,51 @@ def test_reference_is_cached_per_problem():
     assert list(other.references.values())[0] is not list(first.references.values())[0] and not other.reused
 
 
+def test_the_reference_store_serves_another_process_and_keeps_only_portable_keys(tmp_path, monkeypatch):
+    """The store (what a restarted server, or another sharing its folder, finds): a reference solved with a store is
+    found again once the process's memory cache is gone, bit for bit, said to be reused from the store; asked for
+    verification, an unverified stored reference is solved again (and the verified one replaces it); a key that
+    holds an object known only by identity is never written; the folder keeps the newest STORE_LIMIT files."""
+    from diffusion_anatomy.lab import sweep as lab_sweep
+
+    REFERENCE_CACHE.clear()
+    backend = GaussianBackend(seed=8)
+    first = sweep(backend, ["euler"], KARRAS, [4], store=tmp_path)
+    (solved,) = first.references.values()
+    assert not first.reused and len(list(tmp_path.glob("*.safetensors"))) == 1
+    REFERENCE_CACHE.clear()  # as a new process sees it
+    again = sweep(backend, ["heun"], KARRAS, [4], store=tmp_path)
+    (found,) = again.references.values()
+    assert found.stored and again.reused == set(again.references) and torch.equal(found.latent, solved.latent)
+    assert (found.how, found.calls, found.halving_change) == (solved.how, solved.calls, None)
+    assert "reference store" in "\n".join(report.summary_lines(again))
+    REFERENCE_CACHE.clear()
+    verified = sweep(backend, ["euler"], KARRAS, [4], verify_reference=True, store=tmp_path)
+    (ref,) = verified.references.values()
+    assert not ref.stored and ref.halving_change is not None and not verified.reused
+    REFERENCE_CACHE.clear()
+    (ref,) = sweep(backend, ["euler"], KARRAS, [4], verify_reference=True, store=tmp_path).references.values()
+    assert ref.stored and ref.halving_change is not None  # the verified one replaced the unverified file
+
+    class Unnamed(GaussianBackend):
+        def key(self):
+            return (*super().key(), lab_sweep.Same(self.model))  # like a patch function: no value to compare
+
+    store = tmp_path / "unnamed"
+    sweep(Unnamed(seed=9), ["euler"], KARRAS, [4], store=store)
+    assert not store.exists() or not list(store.glob("*.safetensors"))
+    monkeypatch.setattr(lab_sweep, "STORE_LIMIT", 2)
+    bounded = tmp_path / "bounded"
+    for seed in (10, 11, 12):
+        sweep(GaussianBackend(seed=seed), ["euler"], KARRAS, [4], store=bounded)
+        time.sleep(0.01)  # distinct modification times
+    REFERENCE_CACHE.clear()
+    assert len(list(bounded.glob("*.safetensors"))) == 2
+    assert not sweep(GaussianBackend(seed=10), ["euler"], KARRAS, [4], store=bounded).reused  # the oldest went
+    REFERENCE_CACHE.clear()
+    assert sweep(GaussianBackend(seed=12), ["euler"], KARRAS, [4], store=bounded).reused
+
+
 def test_identity_compares_values_and_falls_back_to_the_object():
     """The reference cache's keys: equal values give equal descriptions (a model loaded again), any difference in
     a value read gives another, and objects without values (patch functions) match only themselves while alive."""

@@ -48,8 +48,9 @@ def csv_rows(server, outputs: dict) -> list[dict]:
 
 def test_bundled_lab_workflow_runs_as_shipped(server):
     """As shipped, the lab solves the ODE reference over the model's whole sigma range (about 2,400 guided model
-    calls: minutes on a busy CPU, hence the long timeout) unless this server already holds it (tests/server/
-    test_workflows.py runs the same graph). No other test depends on it: the later ones bring their own."""
+    calls: minutes on a busy CPU, hence the long timeout) unless a server of this run solved it (the suite's servers
+    share one reference store, tests/conftest.py; test_workflows.py and the browser tests run the same graph). No
+    other test depends on it: the later ones bring their own."""
     graph = json.loads(WORKFLOW.read_text())
     outputs = server.run(graph, timeout=1800)
     lab = graph["5"]["inputs"]
@@ -99,8 +100,8 @@ def test_bad_input_is_named_and_the_server_keeps_serving(server, inputs, fragmen
 def test_sampler_and_sigmas_inputs_join_the_sweep(server):
     """Core's KSamplerSelect as a SAMPLER input and a SIGMAS input (a schedule of its own) join the sweep.
 
-    The comparison with the lab's own karras schedule needs the whole-range reference: solved here unless this
-    server holds it already (the bundled graph's, same model, prompt, latent, seed and cfg), hence the timeout.
+    The comparison with the lab's own karras schedule needs the whole-range reference: solved here unless a
+    server of this run holds it already (the bundled graph's, same model, prompt, latent, seed and cfg), hence the timeout.
     Core's karras sigmas (float32) and the pack's (float64) agree to 1e-7: one reference serves both schedules."""
     graph = lab_graph(samplers="euler", steps="3", sampler=["s", 0], sampler_name="core euler", sigmas=["sig", 0])
     graph["s"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
