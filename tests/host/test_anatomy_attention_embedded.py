@@ -77,7 +77,7 @@ def test_the_shape_words_heatmap_points_at_the_named_region(comfy):
 
 
 def test_core_and_pack_unets_give_the_same_maps_on_sd15(comfy, sd15, monkeypatch):
-    """The random SD1.5 checkpoint loaded by core's loader and by the pack's, sampled 2 Euler steps at 256x256 with
+    """The random SD1.5 checkpoint loaded by core's loader and by the pack's, sampled 2 Euler steps at 128x128 with
     the same noise through Cross-Attention Capture: the same maps. Both U-Nets run the same float32 maths in
     another order (tests/host/test_parity_unet.py: ~1e-6 relative per forward); the maps are sums of softmaxes of
     those activations, so 1e-4 relative to the largest value leaves room for the rounding, while a wrong layer,
@@ -96,7 +96,7 @@ def test_core_and_pack_unets_give_the_same_maps_on_sd15(comfy, sd15, monkeypatch
         else:
             model, clip, _vae = model_nodes.CheckpointLoader().load(sd15, "auto")
         patched, maps = nodes.CrossAttentionCapture().capture(model)
-        run(comfy, patched, clip, "a photograph of an astronaut riding a horse", seed=0, steps=2, size=256)
+        run(comfy, patched, clip, "a photograph of an astronaut riding a horse", seed=0, steps=2, size=128)
         assert maps.calls == 16 * 2
         results.append(maps.sums.clone())
         del model, clip, patched
