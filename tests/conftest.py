@@ -37,19 +37,38 @@ def pytest_configure(config):
         os.environ.setdefault("MKL_NUM_THREADS", threads)
 
 
+# Under xdist the longest files go out first (longest-processing-time-first: a long file started last would
+# leave one worker running alone at the end). Seconds each took in a two-worker run from a fresh clone (one torch
+# thread per worker, tests/README.md); the browser tests are one unit. Only the order changes, never the tests.
+LONGEST_FIRST = ("tests/browser", "tests/pure/test_embedded_draws.py", "tests/pure/test_lab.py",
+                 "tests/server/test_model_patches.py", "tests/host/test_anatomy_attention.py",
+                 "tests/server/test_sampler_lab.py", "tests/host/test_anatomy_attention_embedded.py")
+
+
+def unit_of(path: str) -> str:
+    """The unit a test file is scheduled in under xdist: the browser tests together, else the file."""
+    return "tests/browser" if path.startswith("tests/browser/") else path
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # one process: the order the files were collected in
+        return
+    rank = {unit: k for k, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(unit_of(item.nodeid.split("::", 1)[0]), len(rank)))  # stable: the rest keep their order
+
+
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (host/test.sh `DA_TEST_WORKERS=N`) each file's tests run on one worker, its module fixtures
     built once, and all the browser tests on one worker: they share two servers and one Chromium, stopped after the
-    last of them (tests/browser/conftest.py). The files go out in the order collected, so the browser tests, the
-    longest unit, start first. (xdist's own `--dist loadgroup` names each test `<id>@<group>` through `item._nodeid`,
-    which pytest 9 no longer reads: every test was a group of its own and a file's module fixtures were built on
-    each worker.)"""
+    last of them (tests/browser/conftest.py). The units go out in the order of the workers' collection: the longest
+    first (pytest_collection_modifyitems), then the rest as collected. (xdist's own `--dist loadgroup` names each
+    test `<id>@<group>` through `item._nodeid`, which pytest 9 no longer reads: every test was a group of its own
+    and a file's module fixtures were built on each worker.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "tests/browser" if path.startswith("tests/browser/") else path
+            return unit_of(nodeid.split("::", 1)[0])
 
     config.option.loadscopereorder = False
     return FileScheduling(config, log)
