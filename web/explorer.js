@@ -116,12 +116,16 @@ async function refreshRuns() {
   render();
 }
 
+const picking = { A: 0, B: 0 }; // the newest pick per side: a slower earlier load must not overwrite a later pick
+
 async function select(id, which = "A") {
+  const pick = ++picking[which];
   state.message = t().loading;
   state.busy++;
   render();
   try {
     const run = await loadRun(id);
+    if (pick !== picking[which]) return; // picked again meanwhile (the panel's first load, a quick second click)
     if (which === "A") {
       state.run = run;
       state.step = Math.max(0, (run.index.recorded_steps || 1) - 1);
@@ -130,6 +134,7 @@ async function select(id, which = "A") {
     } else state.runB = run;
     state.message = "";
   } catch (e) {
+    if (pick !== picking[which]) return;
     state.message = `${t().deleted} (${e.message || e})`;
     if (which === "A") state.run = null; else state.runB = null;
   } finally {
@@ -536,7 +541,7 @@ app.registerExtension({
           if (e.key === "ArrowRight") { setStep(state.step + 1); e.preventDefault(); }
         } });
         el.append(root);
-        refreshRuns().then(() => { if (!state.run && state.runs.length) select(state.runs[0].id); });
+        refreshRuns().then(() => { if (!state.run && !picking.A && state.runs.length) select(state.runs[0].id); }); // unless one was picked
       },
       destroy: () => { root = null; },
     });
