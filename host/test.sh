@@ -10,10 +10,12 @@ py="$(cd "$here/../harness" && python3 -c 'import hostenv; print(hostenv.python(
 cd "$(dirname "$here")"
 # static check first (pyflakes rules, config in pyproject.toml): seconds, and it names the line
 "$py" -m ruff check --no-cache .
-# DA_TEST_WORKERS=N runs test files on N pytest-xdist workers (scheduled by tests/conftest.py: a
-# file's tests on one worker, so its module fixtures are built once; the browser tests together; each worker has its
-# own server and port). Default 0: one process, the order the suite was proven in
-# (parallel runs were not yet measured faster on 2 cores). A ComfyUI of your own (COMFYUI_PATH) may lack xdist.
+# Two pytest-xdist workers by default (DA_TEST_WORKERS=N for N, 0 for one process: -s, --pdb), scheduled by
+# tests/conftest.py: a file's tests on one worker, so its module fixtures are built once; the browser tests together;
+# the longest files first; each worker has its own server and port and one torch thread. From a fresh clone on the
+# 2-core machine: 11 min 21 s with two, 18 min 43 s in one process (tests/README.md). A ComfyUI of your own
+# (COMFYUI_PATH) may lack xdist: then one process.
 workers=()
-"$py" -c 'import xdist' 2>/dev/null && [ "${DA_TEST_WORKERS:-0}" != 0 ] && workers=(-n "$DA_TEST_WORKERS")
+n="${DA_TEST_WORKERS:-2}"
+"$py" -c 'import xdist' 2>/dev/null && [ "$n" != 0 ] && workers=(-n "$n")
 exec "$py" -m pytest "${workers[@]}" "${@:-tests}"
