@@ -37,30 +37,34 @@ def pytest_configure(config):
         os.environ.setdefault("MKL_NUM_THREADS", threads)
 
 
-# Under xdist the longest files go out first (longest-processing-time-first: a long file started last would
+# Under xdist the longest units go out first (longest-processing-time-first: a long unit started last would
 # leave one worker running alone at the end). Seconds each took in a two-worker run from a fresh clone (one torch
-# thread per worker, tests/README.md); the browser tests are one unit. Only the order changes, never the tests.
-LONGEST_FIRST = ("tests/browser", "tests/pure/test_embedded_draws.py", "tests/pure/test_lab.py",
+# thread per worker, tests/README.md). Only the order changes, never the tests.
+LONGEST_FIRST = ("tests/browser 1.58", "tests/browser 1.32", "tests/pure/test_embedded_draws.py", "tests/pure/test_lab.py",
                  "tests/server/test_model_patches.py", "tests/host/test_anatomy_attention.py",
                  "tests/server/test_sampler_lab.py", "tests/host/test_anatomy_attention_embedded.py")
 
 
-def unit_of(path: str) -> str:
-    """The unit a test file is scheduled in under xdist: the browser tests together, else the file."""
-    return "tests/browser" if path.startswith("tests/browser/") else path
+def unit_of(nodeid: str) -> str:
+    """The unit a test is scheduled in under xdist: its file, or for the browser tests their frontend (1.32; 1.58
+    with and without the Vue renderer, which share a server): one worker starts only the servers it uses."""
+    path = nodeid.split("::", 1)[0]
+    if not path.startswith("tests/browser/"):
+        return path
+    return "tests/browser 1.32" if nodeid.rpartition("[")[2].startswith("1.32") else "tests/browser 1.58"
 
 
 def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):  # one process: the order the files were collected in
         return
     rank = {unit: k for k, unit in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(unit_of(item.nodeid.split("::", 1)[0]), len(rank)))  # stable: the rest keep their order
+    items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))  # stable: the rest keep their order
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (host/test.sh `DA_TEST_WORKERS=N`) each file's tests run on one worker, its module fixtures
-    built once, and all the browser tests on one worker: they share two servers and one Chromium, stopped after the
-    last of them (tests/browser/conftest.py). The units go out in the order of the workers' collection: the longest
+    """Under pytest-xdist (host/test.sh, two workers by default) each file's tests run on one worker, its module
+    fixtures built once, and the browser tests of one frontend on one worker: they share its server and one Chromium,
+    stopped after the last of them (tests/browser/conftest.py). The units go out in the order of the workers' collection: the longest
     first (pytest_collection_modifyitems), then the rest as collected. (xdist's own `--dist loadgroup` names each
     test `<id>@<group>` through `item._nodeid`, which pytest 9 no longer reads: every test was a group of its own
     and a file's module fixtures were built on each worker.)"""
@@ -68,7 +72,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid.split("::", 1)[0])
+            return unit_of(nodeid)
 
     config.option.loadscopereorder = False
     return FileScheduling(config, log)
