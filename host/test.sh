@@ -11,7 +11,7 @@ cd "$(dirname "$here")"
 # static check first (pyflakes rules, config in pyproject.toml): seconds, and it names the line
 "$py" -m ruff check --no-cache .
 # Two pytest-xdist workers by default (DA_TEST_WORKERS=N for N, 0 for one process: -s, --pdb), scheduled by
-# tests/conftest.py: a file's tests on one worker, so its module fixtures are built once; the browser tests together;
+# tests/conftest.py: a file's tests on one worker, so its module fixtures are built once; the browser tests by frontend;
 # the longest files first; each worker has its own server and port and one torch thread. From a fresh clone on the
 # 2-core machine: 11 min 38 s with two, 18 min 43 s in one process (tests/README.md). A ComfyUI of your own
 # (COMFYUI_PATH) may lack xdist: then one process.

@@ -38,8 +38,8 @@ def pytest_configure(config):
 
 
 # Under xdist the longest units go out first (longest-processing-time-first: a long unit started last would
-# leave one worker running alone at the end). Seconds each took in a two-worker run from a fresh clone (one torch
-# thread per worker, tests/README.md). Only the order changes, never the tests.
+# leave one worker running alone at the end), in the order of the time each took in a two-worker run from a fresh
+# clone (one torch thread per worker, tests/README.md). Only the order changes, never the tests.
 LONGEST_FIRST = ("tests/browser 1.58", "tests/browser 1.32", "tests/pure/test_embedded_draws.py", "tests/pure/test_lab.py",
                  "tests/server/test_model_patches.py", "tests/host/test_anatomy_attention.py",
                  "tests/server/test_sampler_lab.py", "tests/host/test_anatomy_attention_embedded.py")
@@ -63,9 +63,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (host/test.sh, two workers by default) each file's tests run on one worker, its module
-    fixtures built once, and the browser tests of one frontend on one worker: they share its server and one Chromium,
-    stopped after the last of them (tests/browser/conftest.py). The units go out in the order of the workers' collection: the longest
-    first (pytest_collection_modifyitems), then the rest as collected. (xdist's own `--dist loadgroup` names each
+    fixtures built once, and the browser tests of one frontend on one worker: they share its server and one
+    Chromium, stopped after the last of them (tests/browser/conftest.py). The units go out in the order of the
+    workers' collection: the longest first (pytest_collection_modifyitems), then the rest as collected. (xdist's own `--dist loadgroup` names each
     test `<id>@<group>` through `item._nodeid`, which pytest 9 no longer reads: every test was a group of its own
     and a file's module fixtures were built on each worker.)"""
     from xdist.scheduler import LoadScopeScheduling

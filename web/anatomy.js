@@ -23,12 +23,12 @@ const MAX_HEIGHT = 640;
 const MARGIN = 10; // px around the picture inside the node
 const GAP = 16; // px kept between a grown node and the nodes it moved
 
-// What a test (or a curious user in the console) can read: previews received and picture sizes per node id;
-// `previewsWhile`: for each preview, the node the server was executing when it arrived (the socket keeps the
-// run's order, so this says the strip was live during sampling however late the reader looks).
+// What a test (or a curious user in the console) can read, per node id: `previewsWhile`, for each live preview
+// received, the node the server was executing when it arrived (the socket keeps the run's order, so this says the
+// strip was live during sampling however late the reader looks); `fitted`, the picture sizes.
 // `settling`: pictures still loading or being fitted, and nodes whose element is still watched (a test waits
 // for 0 before it reads the layout).
-const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { livePreviews: {}, previewsWhile: {}, fitted: {}, settling: 0 });
+const state = (window.DiffusionAnatomy = window.DiffusionAnatomy || { previewsWhile: {}, fitted: {}, settling: 0 });
 const QUIET_MS = 1200; // an element unchanged this long, its pictures loaded, has settled
 const POLL_MS = 100; // on the canvas: how often a watched node's rectangle is read
 const WATCH_MAX_MS = 60000; // stop watching after this long whatever happens (a picture that never loads)
@@ -246,7 +246,6 @@ app.registerExtension({
       const id = detail?.displayNodeId ?? detail?.nodeId;
       const node = nodeOf(id);
       if (!node || node.type !== PREFIX + "DenoisingStepsRecorder") return;
-      state.livePreviews[id] = (state.livePreviews[id] || 0) + 1;
       ((state.previewsWhile ??= {})[id] ??= []).push(state.executing ?? null);
       fitToUrl(node, URL.createObjectURL(detail.blob)); // ComfyUI keeps its own URL for the picture it shows
     });

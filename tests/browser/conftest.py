@@ -111,7 +111,7 @@ def page(browser, frontend):
     here. The page is reloaded only when the frontend changes or a notice stays (Browser.reuse_app)."""
     browser.reuse_app(frontend.server.url, frontend.settings)
     # what web/anatomy.js records (previews received, views sized) starts empty for each test
-    browser.evaluate("window.DiffusionAnatomy && (window.DiffusionAnatomy.livePreviews = {}, window.DiffusionAnatomy.previewsBeforeOutput = {}, window.DiffusionAnatomy.fitted = {}); true")
+    browser.evaluate("window.DiffusionAnatomy && (window.DiffusionAnatomy.previewsWhile = {}, window.DiffusionAnatomy.fitted = {}); true")
     assert browser.evaluate("window.__COMFYUI_FRONTEND_VERSION__") == frontend.version
     yield browser
     browser.close_dialogs()
